@@ -1,0 +1,17 @@
+"""invfast: fused geometric augmentation and consistency losses for invariance training."""
+
+__version__ = "0.1.0"
+
+from . import geometry, reference
+from ._ops import backend_info, set_backend
+from .augment import RandomAffine
+from .functional import affine_warp
+
+__all__ = [
+    "RandomAffine",
+    "affine_warp",
+    "backend_info",
+    "geometry",
+    "reference",
+    "set_backend",
+]

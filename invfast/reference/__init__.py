@@ -1,0 +1,11 @@
+"""Plain-PyTorch versions of every invfast op.
+
+They are the test oracle, the benchmark baseline, and the fallback when the
+compiled kernels are missing or an input is outside what they support. They
+follow the same conventions (see ``invfast.affine_warp``) and are written for
+clarity, not speed.
+"""
+
+from .warp import affine_warp
+
+__all__ = ["affine_warp"]
