@@ -20,7 +20,8 @@ def _check_tensor(name: str, value, op: str) -> None:
 
 def _check_choice(name: str, value, choices: Sequence[str], op: str) -> None:
     if value not in choices:
-        raise ValueError(f"{op}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        options = ", ".join(map(repr, choices))
+        raise ValueError(f"{op}: {name} must be one of {options}, got {value!r}")
 
 
 def _check_warp_args(images, matrices, mode, padding_mode, size, op="affine_warp"):
@@ -66,7 +67,9 @@ def _check_warp_args(images, matrices, mode, padding_mode, size, op="affine_warp
 def _check_out(out, expected_shape, images, op):
     _check_tensor("out", out, op)
     if tuple(out.shape) != tuple(expected_shape):
-        raise ValueError(f"{op}: out must have shape {tuple(expected_shape)}, got {tuple(out.shape)}")
+        raise ValueError(
+            f"{op}: out must have shape {tuple(expected_shape)}, got {tuple(out.shape)}"
+        )
     if out.dtype != images.dtype or out.device != images.device:
         raise ValueError(
             f"{op}: out must be {images.dtype} on {images.device}, got {out.dtype} on {out.device}"

@@ -17,7 +17,8 @@ import torch
 def as_3x3(matrices: torch.Tensor) -> torch.Tensor:
     """The affine part of ``(..., 2, 3)`` or ``(..., 3, 3)`` matrices as ``(..., 3, 3)``."""
     if matrices.shape[-2:] not in ((2, 3), (3, 3)):
-        raise ValueError(f"matrices must be (..., 2, 3) or (..., 3, 3), got {tuple(matrices.shape)}")
+        shape = tuple(matrices.shape)
+        raise ValueError(f"matrices must be (..., 2, 3) or (..., 3, 3), got {shape}")
     top = matrices[..., :2, :]
     last = torch.zeros_like(top[..., :1, :])
     last[..., 0, 2] = 1.0

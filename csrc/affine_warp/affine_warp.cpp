@@ -42,11 +42,10 @@ void check_inputs(const char* op, const at::Tensor& images, const at::Tensor& ma
               op, ": matrices must be (B, 2, 3) or (B, 3, 3), got shape ", matrices.sizes());
   TORCH_CHECK(matrices.size(0) == images.size(0), op, ": matrices must have one matrix per image (",
               images.size(0), "), got ", matrices.size(0));
-  TORCH_CHECK(at::isFloatingType(images.scalar_type()),
-              op, ": images must be float32, float64, float16 or bfloat16, got ",
-              images.scalar_type());
-  TORCH_CHECK(at::isFloatingType(matrices.scalar_type()),
-              op, ": matrices must be a floating-point tensor, got ", matrices.scalar_type());
+  TORCH_CHECK(at::isFloatingType(images.scalar_type()), op,
+              ": images must be float32, float64, float16 or bfloat16, got ", images.scalar_type());
+  TORCH_CHECK(at::isFloatingType(matrices.scalar_type()), op,
+              ": matrices must be a floating-point tensor, got ", matrices.scalar_type());
   TORCH_CHECK(images.device() == matrices.device(), op,
               ": images and matrices must be on one device, got ", images.device(), " and ",
               matrices.device());
@@ -67,8 +66,8 @@ void check_out(const char* op, const at::Tensor& images, c10::IntArrayRef size,
   TORCH_CHECK(out.device() == images.device(), op, ": out must be on ", images.device(), ", got ",
               out.device());
   // NOTE: an out that shares memory with images would be read while written.
-  TORCH_CHECK(!out.is_same(images) && (out.numel() == 0 || images.numel() == 0 ||
-                                       out.data_ptr() != images.data_ptr()),
+  TORCH_CHECK(!out.is_same(images) &&
+                  (out.numel() == 0 || images.numel() == 0 || out.data_ptr() != images.data_ptr()),
               op, ": out must not share memory with images");
 }
 

@@ -120,14 +120,13 @@ void affine_warp_out_cpu(const at::Tensor& images, const at::Tensor& matrices,
     return;
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, images.scalar_type(),
-                                  "affine_warp_cpu",
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, images.scalar_type(), "affine_warp_cpu",
                                   [&] { forward_kernel<scalar_t>(images, matrices, opt, out); });
 }
 
 at::Tensor affine_warp_cpu(const at::Tensor& images, const at::Tensor& matrices,
-                           c10::string_view mode, c10::string_view padding_mode,
-                           bool align_corners, double fill, c10::IntArrayRef size) {
+                           c10::string_view mode, c10::string_view padding_mode, bool align_corners,
+                           double fill, c10::IntArrayRef size) {
   check_inputs("affine_warp", images, matrices);
   check_size("affine_warp", size);
 

@@ -26,9 +26,9 @@ struct Geometry {
 };
 
 Geometry geometry(const at::Tensor& in, const at::Tensor& out, const at::Tensor& matrices) {
-  return {in.size(1),     in.size(2),     in.size(3),     out.size(2),    out.size(3),
-          matrices.size(1), in.stride(0), in.stride(1),   in.stride(2),   in.stride(3),
-          out.stride(0),  out.stride(1),  out.stride(2),  out.stride(3)};
+  return {in.size(1),       in.size(2),    in.size(3),    out.size(2),  out.size(3),
+          matrices.size(1), in.stride(0),  in.stride(1),  in.stride(2), in.stride(3),
+          out.stride(0),    out.stride(1), out.stride(2), out.stride(3)};
 }
 
 unsigned int blocks_for(int64_t n) {
@@ -48,8 +48,8 @@ __global__ void forward_kernel(const scalar_t* __restrict__ in, const double* __
     const auto inv = invert_affine<coord_t>(mats + b * g.mat_rows * 3, 3);
     coord_t x, y;
     source_position(inv, u, v, x, y);
-    const auto fp = footprint(x, y, g.H, g.W, g.in_sh, g.in_sw, opt.mode, opt.padding,
-                              opt.align_corners);
+    const auto fp =
+        footprint(x, y, g.H, g.W, g.in_sh, g.in_sw, opt.mode, opt.padding, opt.align_corners);
     const scalar_t* src = in + b * g.in_sb;
     scalar_t* dst = out + b * g.out_sb + v * g.out_sh + u * g.out_sw;
     for (int64_t c = 0; c < g.C; ++c) {
@@ -81,8 +81,8 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_out,
     const auto inv = invert_affine<coord_t>(mats + b * g.mat_rows * 3, 3);
     coord_t x, y;
     source_position(inv, u, v, x, y);
-    const auto fp = footprint(x, y, g.H, g.W, g.W, int64_t(1), opt.mode, opt.padding,
-                              opt.align_corners);
+    const auto fp =
+        footprint(x, y, g.H, g.W, g.W, int64_t(1), opt.mode, opt.padding, opt.align_corners);
     const scalar_t* go = grad_out + b * g.out_sb + v * g.out_sh + u * g.out_sw;
     coord_t* gi = grad_in + b * g.C * g.H * g.W;
     for (int64_t c = 0; c < g.C; ++c) {
@@ -98,8 +98,8 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_out,
 }
 
 void affine_warp_out_cuda(const at::Tensor& images, const at::Tensor& matrices,
-                          c10::string_view mode, c10::string_view padding_mode,
-                          bool align_corners, double fill, at::Tensor& out) {
+                          c10::string_view mode, c10::string_view padding_mode, bool align_corners,
+                          double fill, at::Tensor& out) {
   const char* op = "affine_warp";
   check_inputs(op, images, matrices);
   const Options opt = parse_options(mode, padding_mode, align_corners, fill);
@@ -119,13 +119,12 @@ void affine_warp_out_cuda(const at::Tensor& images, const at::Tensor& matrices,
   const Geometry g = geometry(images, out, mats);
   const int64_t n = out.size(0) * g.Ho * g.Wo;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, images.scalar_type(),
-                                  "affine_warp_cuda", [&] {
-                                    forward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-                                        images.const_data_ptr<scalar_t>(),
-                                        mats.const_data_ptr<double>(),
-                                        out.mutable_data_ptr<scalar_t>(), n, g, opt);
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, images.scalar_type(), "affine_warp_cuda", [&] {
+        forward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+            images.const_data_ptr<scalar_t>(), mats.const_data_ptr<double>(),
+            out.mutable_data_ptr<scalar_t>(), n, g, opt);
+      });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -163,13 +162,12 @@ at::Tensor affine_warp_backward_cuda(const at::Tensor& grad_out, const at::Tenso
   Geometry g = geometry(grad_in, grad_out, mats);
   const int64_t n = grad_out.size(0) * g.Ho * g.Wo;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "affine_warp_backward_cuda",
-                                  [&] {
-                                    backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-                                        grad_out.const_data_ptr<scalar_t>(),
-                                        mats.const_data_ptr<double>(),
-                                        grad_in.mutable_data_ptr<acc_t<scalar_t>>(), n, g, opt);
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, dtype, "affine_warp_backward_cuda", [&] {
+        backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+            grad_out.const_data_ptr<scalar_t>(), mats.const_data_ptr<double>(),
+            grad_in.mutable_data_ptr<acc_t<scalar_t>>(), n, g, opt);
+      });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return grad_in.to(dtype);
 }

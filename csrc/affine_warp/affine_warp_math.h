@@ -32,12 +32,9 @@ INVFAST_HOST_DEVICE InverseAffine<coord_t> invert_affine(const scalar_t* m, int6
   const double m10 = m[row_stride], m11 = m[row_stride + 1], m12 = m[row_stride + 2];
   const double r = 1.0 / (m00 * m11 - m01 * m10);
   const double a = m11 * r, b = -m01 * r, d = -m10 * r, e = m00 * r;
-  return {static_cast<coord_t>(a),
-          static_cast<coord_t>(b),
-          static_cast<coord_t>(-(a * m02 + b * m12)),
-          static_cast<coord_t>(d),
-          static_cast<coord_t>(e),
-          static_cast<coord_t>(-(d * m02 + e * m12))};
+  return {
+      static_cast<coord_t>(a), static_cast<coord_t>(b), static_cast<coord_t>(-(a * m02 + b * m12)),
+      static_cast<coord_t>(d), static_cast<coord_t>(e), static_cast<coord_t>(-(d * m02 + e * m12))};
 }
 
 // Mirrors x into [lo, hi] with period 2 (hi - lo).
