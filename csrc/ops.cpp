@@ -26,13 +26,13 @@ PyMODINIT_FUNC PyInit__C(void) {
 TORCH_LIBRARY(invfast, m) {
   // Geometric warps.
   m.def(
-      "affine_warp(Tensor images, Tensor matrices, str mode, str padding_mode, "
+      "affine_warp(Tensor images, Tensor matrices, str interpolation, str padding, "
       "bool align_corners, float fill, SymInt[2] size) -> Tensor");
   m.def(
-      "affine_warp_out(Tensor images, Tensor matrices, str mode, str padding_mode, "
+      "affine_warp_out(Tensor images, Tensor matrices, str interpolation, str padding, "
       "bool align_corners, float fill, Tensor(a!) out) -> ()");
   m.def(
-      "affine_warp_backward(Tensor grad_out, Tensor matrices, str mode, str padding_mode, "
+      "affine_warp_backward(Tensor grad_out, Tensor matrices, str interpolation, str padding, "
       "bool align_corners, SymInt[2] input_size) -> Tensor");
 
   // Consistency losses.

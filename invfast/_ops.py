@@ -120,7 +120,7 @@ def backend_info() -> dict:
 if _ext is not None:
 
     @torch.library.register_fake("invfast::affine_warp")
-    def _affine_warp_fake(images, matrices, mode, padding_mode, align_corners, fill, size):
+    def _affine_warp_fake(images, matrices, interpolation, padding, align_corners, fill, size):
         torch._check(images.dim() == 4, lambda: "affine_warp: images must be (B, C, H, W)")
         torch._check(
             matrices.dim() == 3 and matrices.shape[0] == images.shape[0],
@@ -130,20 +130,20 @@ if _ext is not None:
         return images.new_empty(shape).contiguous(memory_format=suggest_memory_format(images))
 
     @torch.library.register_fake("invfast::affine_warp_out")
-    def _affine_warp_out_fake(images, matrices, mode, padding_mode, align_corners, fill, out):
+    def _affine_warp_out_fake(images, matrices, interpolation, padding, align_corners, fill, out):
         return None
 
     @torch.library.register_fake("invfast::affine_warp_backward")
     def _affine_warp_backward_fake(
-        grad_out, matrices, mode, padding_mode, align_corners, input_size
+        grad_out, matrices, interpolation, padding, align_corners, input_size
     ):
         shape = (grad_out.shape[0], grad_out.shape[1], input_size[0], input_size[1])
         return grad_out.new_empty(shape)
 
     def _affine_warp_setup(ctx, inputs, output):
-        images, matrices, mode, padding_mode, align_corners, _, _ = inputs
+        images, matrices, interpolation, padding, align_corners, _, _ = inputs
         ctx.save_for_backward(matrices)
-        ctx.options = (mode, padding_mode, align_corners)
+        ctx.options = (interpolation, padding, align_corners)
         ctx.input_size = (images.shape[2], images.shape[3])
 
     def _affine_warp_backward(ctx, grad):

@@ -1,0 +1,502 @@
+"""The fused affine warp against its reference, kornia, grid_sample and hand-worked cases."""
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICES, TOLERANCES, assert_close
+
+import invfast
+from invfast import _ops, geometry, reference
+
+MODES = ["bilinear", "nearest"]
+PADDINGS = ["zeros", "border", "reflection", "fill"]
+
+needs_kernels = pytest.mark.skipif(
+    not _ops.has_kernel("affine_warp", "cpu"), reason="compiled kernels not loaded"
+)
+
+
+def random_matrices(B, H, W, seed=0, strength=1.0, dtype=torch.float32):
+    """Rotations, zooms, shears, shifts and flips that move pixels well outside the image."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(B, 7, generator=g, dtype=torch.float64)
+    m = geometry.affine_matrices(
+        H,
+        W,
+        angle=(u[:, 0] * 360 - 180) * strength,
+        translate=torch.stack([(u[:, 1] - 0.5) * W, (u[:, 2] - 0.5) * H], -1) * strength,
+        scale=0.6 + u[:, 3] * 0.9,
+        shear=(u[:, 4:6] - 0.5) * 40 * strength,
+        hflip=u[:, 6] < 0.5,
+    )
+    return m.to(dtype)
+
+
+def images_like(B, C, H, W, seed=0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, C, H, W, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def warp_reference_fp64(x, m, **kw):
+    return reference.affine_warp(x.double(), m.double(), **kw)
+
+
+@needs_kernels
+class TestAgainstReference:
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("padding_mode", PADDINGS)
+    @pytest.mark.parametrize("align_corners", [False, True])
+    @pytest.mark.parametrize(
+        "B,C,H,W,size",
+        [(1, 1, 8, 8, None), (3, 3, 17, 24, None), (2, 4, 15, 9, (21, 12)), (5, 2, 1, 7, (3, 4))],
+    )
+    def test_fp32(self, device, mode, padding_mode, align_corners, B, C, H, W, size):
+        x = images_like(B, C, H, W, device=device)
+        m = random_matrices(B, H, W, seed=B * H).to(device)
+        kw = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners, size=size)
+        got = invfast.affine_warp(x, m, fill=0.25, **kw)
+        expected = warp_reference_fp64(x, m, fill=0.25, **kw)
+        assert got.dtype == x.dtype and got.device == x.device
+        if mode == "nearest":
+            # A position within rounding of a tie between two pixels may go either way.
+            differ = (got.double() - expected).abs() > 1e-5
+            assert differ.float().mean() < 0.002, f"{int(differ.sum())} nearest pixels differ"
+        else:
+            assert_close(got, expected, 1e-5, 1e-5, "affine_warp vs reference")
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+    def test_other_float_dtypes(self, device, dtype):
+        x = images_like(2, 3, 13, 16, dtype=dtype, device=device)
+        m = random_matrices(2, 13, 16, seed=3).to(device)
+        got = invfast.affine_warp(x, m, padding_mode="reflection")
+        expected = warp_reference_fp64(x, m, padding_mode="reflection")
+        assert got.dtype == dtype
+        assert_close(got, expected, *TOLERANCES[dtype], f"affine_warp {dtype}")
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_channels_last_and_strided_inputs(self, device):
+        x = images_like(3, 4, 12, 18, device=device)
+        m = random_matrices(3, 12, 18, seed=5).to(device)
+        expected = invfast.affine_warp(x, m)
+        cl = x.contiguous(memory_format=torch.channels_last)
+        got = invfast.affine_warp(cl, m)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(got, expected)
+        big = images_like(3, 8, 24, 36, device=device)
+        view = big[:, ::2, ::2, ::2]
+        assert_close(
+            invfast.affine_warp(view, m), invfast.affine_warp(view.contiguous(), m), 0, 0, "view"
+        )
+        m33 = torch.cat([m, torch.tensor([0.0, 0.0, 1.0], device=device).expand(3, 1, 3)], 1)
+        assert torch.equal(invfast.affine_warp(x, m33), expected)
+        assert torch.equal(invfast.affine_warp(x, m.double()), expected)
+
+
+@needs_kernels
+class TestAgainstPeers:
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection", "fill"])
+    @pytest.mark.parametrize("size", [None, (19, 13)])
+    def test_kornia_warp_affine(self, mode, padding_mode, size):
+        kornia = pytest.importorskip("kornia")
+        x = images_like(4, 3, 16, 21)
+        m = random_matrices(4, 16, 21, seed=11)
+        dsize = (16, 21) if size is None else size
+        fill = torch.tensor([0.3, 0.3, 0.3])
+        # kornia normalises pixel coordinates with align_corners=True semantics;
+        # with that flag its warp follows the same pixel-centre convention.
+        expected = kornia.geometry.transform.warp_affine(
+            x, m, dsize, mode=mode, padding_mode=padding_mode, align_corners=True, fill_value=fill
+        )
+        got = invfast.affine_warp(
+            x, m, mode=mode, padding_mode=padding_mode, align_corners=True, fill=0.3, size=dsize
+        )
+        if mode == "nearest":
+            assert ((got - expected).abs() > 1e-5).float().mean() < 0.002
+        else:
+            assert_close(got, expected, 1e-5, 1e-5, "affine_warp vs kornia")
+
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+    @pytest.mark.parametrize("align_corners", [False, True])
+    def test_affine_grid_grid_sample(self, mode, padding_mode, align_corners):
+        """A transform given in grid_sample's normalised space, turned into pixels by hand."""
+        B, C, H, W, Ho, Wo = 3, 2, 14, 19, 17, 11
+        x = images_like(B, C, H, W)
+        g = torch.Generator().manual_seed(2)
+        theta = torch.eye(2, 3).expand(B, 2, 3) + 0.4 * torch.randn(B, 2, 3, generator=g)
+        grid = F.affine_grid(theta, [B, C, Ho, Wo], align_corners=align_corners)
+        expected = F.grid_sample(
+            x, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners
+        )
+
+        def to_norm(S):  # pixel p -> normalised n, as a 3x3 acting on (x, y, 1)
+            if align_corners:
+                return (2.0 / (S - 1), -1.0)
+            return (2.0 / S, 1.0 / S - 1.0)
+
+        def norm_matrix(Sw, Sh):
+            (a, b), (c, d) = to_norm(Sw), to_norm(Sh)
+            return torch.tensor([[a, 0, b], [0, c, d], [0, 0, 1.0]], dtype=torch.float64)
+
+        theta3 = geometry.as_3x3(theta.double())
+        inverse = torch.linalg.inv(norm_matrix(W, H)) @ theta3 @ norm_matrix(Wo, Ho)
+        m = torch.linalg.inv(inverse)[:, :2].float()
+        kw = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+        got = invfast.affine_warp(x, m, size=(Ho, Wo), **kw)
+        if mode == "nearest":
+            assert ((got - expected).abs() > 1e-5).float().mean() < 0.002
+        else:
+            assert_close(got, expected, 1e-5, 1e-5, "affine_warp vs affine_grid + grid_sample")
+
+
+@needs_kernels
+class TestExactCases:
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("padding_mode", PADDINGS)
+    def test_identity(self, device, mode, padding_mode):
+        x = images_like(2, 3, 9, 10, device=device)
+        m = torch.eye(2, 3, device=device).expand(2, 2, 3)
+        assert torch.equal(invfast.affine_warp(x, m, mode=mode, padding_mode=padding_mode), x)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("mode", MODES)
+    def test_quarter_turn_moves_a_bright_pixel(self, device, mode):
+        x = torch.zeros(1, 1, 7, 7, device=device)
+        x[0, 0, 1, 5] = 1.0  # row 1, column 5: near the top right
+        m = geometry.affine_matrices(
+            7,
+            7,
+            angle=torch.tensor([90.0]),
+            translate=torch.zeros(1, 2),
+            scale=torch.ones(1),
+            shear=torch.zeros(1, 2),
+            hflip=torch.tensor([False]),
+        ).to(device)
+        y = invfast.affine_warp(x, m, mode=mode)
+        # Counter-clockwise on screen: the top right corner goes to the top left,
+        # (x, y) -> (y, 6 - x) about the centre (3, 3).
+        expected = torch.zeros_like(x)
+        expected[0, 0, 1, 1] = 1.0
+        assert_close(y, expected, 1e-6, 0, "quarter turn")
+        for _ in range(3):
+            y = invfast.affine_warp(y, m, mode=mode)
+        assert_close(y, x, 1e-5, 0, "four quarter turns")
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_exact_quarter_turn_of_random_image(self, device):
+        x = images_like(1, 3, 9, 9, device=device)
+        m = torch.tensor([[[0.0, 1.0, 0.0], [-1.0, 0.0, 8.0]]], device=device)
+        y = invfast.affine_warp(x, m)
+        assert torch.equal(y, torch.rot90(x, 1, dims=(2, 3)))
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("padding_mode", ["zeros", "fill"])
+    def test_integer_shift(self, device, padding_mode):
+        x = images_like(2, 3, 6, 8, device=device)
+        m = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]], device=device).expand(2, 2, 3)
+        y = invfast.affine_warp(x, m, padding_mode=padding_mode, fill=0.5)
+        pad = 0.5 if padding_mode == "fill" else 0.0
+        expected = torch.full_like(x, pad)
+        expected[:, :, :5, 2:] = x[:, :, 1:, :6]  # out[y, x] = in[y + 1, x - 2]
+        assert torch.equal(y, expected)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_horizontal_flip_is_exact(self, device):
+        x = images_like(2, 3, 5, 8, device=device)
+        m = torch.tensor([[-1.0, 0.0, 7.0], [0.0, 1.0, 0.0]], device=device).expand(2, 2, 3)
+        assert torch.equal(invfast.affine_warp(x, m), x.flip(-1))
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_zoom_into_a_smaller_output(self, device):
+        # A half-size output of a 2x downscale about the origin reads every other pixel.
+        x = images_like(1, 2, 10, 12, device=device)
+        m = torch.tensor([[[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]]], device=device)
+        y = invfast.affine_warp(x, m, size=(5, 6))
+        assert torch.equal(y, x[:, :, ::2, ::2])
+
+
+@needs_kernels
+class TestGradients:
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("padding_mode", PADDINGS)
+    @pytest.mark.parametrize("align_corners", [False, True])
+    def test_gradcheck(self, device, mode, padding_mode, align_corners):
+        x = images_like(2, 2, 6, 7, dtype=torch.float64, device=device).requires_grad_()
+        m = random_matrices(2, 6, 7, seed=4, strength=0.3, dtype=torch.float64).to(device)
+
+        def f(x):
+            return invfast.affine_warp(
+                x,
+                m,
+                mode=mode,
+                padding_mode=padding_mode,
+                align_corners=align_corners,
+                fill=0.7,
+                size=(5, 8),
+            )
+
+        assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-6)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("padding_mode", PADDINGS)
+    def test_gradient_matches_reference_fp32(self, device, padding_mode):
+        x = images_like(3, 3, 20, 17, device=device).requires_grad_()
+        m = random_matrices(3, 20, 17, seed=8).to(device)
+        g = images_like(3, 3, 15, 22, seed=1, device=device)
+        kw = dict(padding_mode=padding_mode, size=(15, 22))
+        (got,) = torch.autograd.grad(invfast.affine_warp(x, m, **kw), x, g)
+        xr = x.detach().double().requires_grad_()
+        (expected,) = torch.autograd.grad(
+            reference.affine_warp(xr, m.double(), **kw), xr, g.double()
+        )
+        assert_close(got, expected, 1e-5, 1e-5, "grad images")
+
+    def test_matrix_gradient_uses_reference(self):
+        x = images_like(2, 1, 8, 8)
+        m = random_matrices(2, 8, 8, seed=1, strength=0.2).requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            y = invfast.affine_warp(x, m)
+        y.sum().backward()
+        assert m.grad is not None and torch.isfinite(m.grad).all()
+
+    def test_op_refuses_matrix_gradient(self):
+        x = images_like(1, 1, 4, 4).requires_grad_()
+        m = torch.eye(2, 3).unsqueeze(0).requires_grad_()
+        y = torch.ops.invfast.affine_warp(x, m, "bilinear", "zeros", False, 0.0, [4, 4])
+        with pytest.raises(RuntimeError, match="no gradient with respect to matrices"):
+            y.sum().backward()
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+    @pytest.mark.parametrize("padding_mode", ["zeros", "reflection", "fill"])
+    def test_opcheck(self, device, dtype, padding_mode):
+        x = images_like(2, 3, 7, 9, dtype=dtype, device=device).requires_grad_()
+        m = random_matrices(2, 7, 9, seed=6).to(device)
+        args = (x, m, "bilinear", padding_mode, False, 0.5, [6, 10])
+        torch.library.opcheck(torch.ops.invfast.affine_warp.default, args)
+        out = torch.empty(2, 3, 6, 10, dtype=dtype, device=device)
+        torch.library.opcheck(
+            torch.ops.invfast.affine_warp_out.default,
+            (x.detach(), m, "nearest", padding_mode, True, 0.5, out),
+        )
+        cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        torch.library.opcheck(torch.ops.invfast.affine_warp.default, (cl, *args[1:]))
+
+
+@needs_kernels
+class TestEdgeCases:
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_out_buffer(self, device):
+        x = images_like(2, 3, 8, 9, device=device)
+        m = random_matrices(2, 8, 9, seed=2).to(device)
+        out = torch.full((2, 3, 5, 6), float("nan"), device=device)
+        res = invfast.affine_warp(x, m, size=(5, 6), out=out)
+        assert res is out
+        assert torch.equal(out, invfast.affine_warp(x, m, size=(5, 6)))
+        with pytest.raises(ValueError, match="out must have shape"):
+            invfast.affine_warp(x, m, out=out)
+        with pytest.raises(RuntimeError, match="out= does not support autograd"):
+            invfast.affine_warp(x.requires_grad_(), m, size=(5, 6), out=out)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_empty_shapes(self, device):
+        m = torch.eye(2, 3, device=device).expand(2, 2, 3)
+        assert invfast.affine_warp(torch.rand(0, 3, 5, 5, device=device), m[:0]).shape == (
+            0,
+            3,
+            5,
+            5,
+        )
+        assert invfast.affine_warp(torch.rand(2, 0, 5, 5, device=device), m).shape == (2, 0, 5, 5)
+        x = torch.rand(2, 3, 5, 5, device=device)
+        assert invfast.affine_warp(x, m, size=(0, 4)).shape == (2, 3, 0, 4)
+        y = invfast.affine_warp(
+            torch.rand(2, 3, 0, 5, device=device), m, size=(2, 2), padding_mode="fill", fill=3.0
+        )
+        assert torch.equal(y, torch.full((2, 3, 2, 2), 3.0, device=device))
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("padding_mode", PADDINGS)
+    @pytest.mark.parametrize("mode", MODES)
+    def test_non_finite_and_huge_matrices(self, device, padding_mode, mode):
+        x = images_like(5, 2, 6, 6, device=device)
+        m = torch.tensor(
+            [
+                [[float("nan"), 0, 0], [0, 1, 0]],
+                [[float("inf"), 0, 0], [0, 1, 0]],
+                [[0, 0, 0], [0, 0, 0]],  # singular
+                [[1e-30, 0, 0], [0, 1e-30, 0]],  # positions near 1e30
+                [[1, 0, 1e30], [0, 1, -1e30]],
+            ],
+            device=device,
+        )
+        kw = dict(mode=mode, padding_mode=padding_mode, fill=0.5)
+        got = invfast.affine_warp(x, m, **kw)
+        assert torch.isfinite(got).all()
+        value = 0.5 if padding_mode == "fill" else 0.0
+        # NOTE: the reference loses these positions to rounding in grid_sample's
+        # normalised space (1e30 times a rounding error is not 0), so the
+        # expectations are worked out here.
+        assert (got[:3] == value).all()
+        if padding_mode in ("zeros", "fill"):
+            assert (got[4] == value).all()
+            # Only output pixel (0, 0) maps inside, onto input pixel (0, 0).
+            expected = torch.full_like(x[3], value)
+            expected[:, 0, 0] = x[3, :, 0, 0]
+            assert torch.equal(got[3], expected)
+        else:
+            # Row 0 reads input row 0 (x = 1e30 u is clamped or mirrored into the image).
+            assert (got[3, :, 0, 0] == x[3, :, 0, 0]).all()
+
+    def test_non_finite_images_stay_local(self):
+        x = torch.ones(1, 1, 6, 6)
+        x[0, 0, 0, 0] = float("nan")
+        m = torch.tensor([[[1.0, 0.0, 3.5], [0.0, 1.0, 3.5]]])
+        y = invfast.affine_warp(x, m)
+        # Pixels whose taps all fall outside the image must not pick up the NaN.
+        assert torch.isnan(y).sum() == 4 and (y[0, 0, :3] == 0).all()
+
+
+class TestErrors:
+    def test_messages_name_the_argument(self):
+        x = torch.rand(2, 3, 8, 8)
+        m = torch.eye(2, 3).expand(2, 2, 3)
+        cases = [
+            (dict(images=x[0]), ValueError, "images must be \\(B, C, H, W\\)"),
+            (dict(matrices=m[:, :1]), ValueError, "matrices must be \\(B, 2, 3\\)"),
+            (dict(matrices=m[:1]), ValueError, "one matrix per image"),
+            (dict(images=x.int()), TypeError, "images must be float32"),
+            (dict(matrices=m.int()), TypeError, "matrices must be a floating-point"),
+            (dict(mode="bicubicle"), ValueError, "mode must be one of"),
+            (dict(padding_mode="wrap"), ValueError, "padding_mode must be one of"),
+            (dict(size=(4,)), ValueError, "size must be two"),
+            (dict(size=(-1, 4)), ValueError, "size must be two"),
+            (dict(matrices=m.to("meta")), ValueError, "one device"),
+            (dict(images=[1, 2]), TypeError, "images must be a Tensor"),
+        ]
+        for change, exc, pattern in cases:
+            kw = dict(images=x, matrices=m)
+            kw.update(change)
+            images, matrices = kw.pop("images"), kw.pop("matrices")
+            with pytest.raises(exc, match=pattern):
+                invfast.affine_warp(images, matrices, **kw)
+
+    @needs_kernels
+    def test_cpp_checks(self):
+        x = torch.rand(2, 3, 8, 8)
+        m = torch.eye(2, 3).expand(2, 2, 3)
+        op = torch.ops.invfast.affine_warp
+        with pytest.raises(RuntimeError, match="mode must be 'bilinear' or 'nearest'"):
+            op(x, m, "cubic", "zeros", False, 0.0, [8, 8])
+        with pytest.raises(RuntimeError, match="padding_mode must be"):
+            op(x, m, "bilinear", "wrap", False, 0.0, [8, 8])
+        with pytest.raises(RuntimeError, match="matrices must be"):
+            op(x, m[:, :, :2], "bilinear", "zeros", False, 0.0, [8, 8])
+        with pytest.raises(RuntimeError, match="one matrix per image"):
+            op(x, m[:1], "bilinear", "zeros", False, 0.0, [8, 8])
+        with pytest.raises(RuntimeError, match="size must be"):
+            op(x, m, "bilinear", "zeros", False, 0.0, [8, -8])
+        with pytest.raises(RuntimeError, match="images must be float"):
+            op(x.to(torch.int32), m, "bilinear", "zeros", False, 0.0, [8, 8])
+
+
+class TestBackend:
+    def test_reference_backend_and_fallbacks(self):
+        x = images_like(2, 3, 9, 9)
+        m = random_matrices(2, 9, 9, seed=9)
+        expected = reference.affine_warp(x, m)
+        _ops.set_backend("reference")
+        try:
+            assert invfast.backend_info()["backend"] == "reference"
+            assert torch.equal(invfast.affine_warp(x, m), expected)
+        finally:
+            _ops.set_backend("auto")
+        xb = (x * 255).round().to(torch.uint8)
+        y = invfast.affine_warp(xb, m)
+        assert y.dtype == torch.uint8
+        assert_close(y, reference.affine_warp(xb.float(), m).round().clamp(0, 255), 0, 0, "uint8")
+
+    def test_backend_info(self):
+        info = invfast.backend_info()
+        assert info["version"] == invfast.__version__
+        if info["extension_loaded"]:
+            assert info["cpu_kernels"]
+            assert info["built_for_torch"] == torch.__version__.split("+")[0]
+            if info["built_for_cuda"] != "none":
+                # Built with nvcc: the dispatcher must hold the CUDA kernels.
+                for op in ("affine_warp", "affine_warp_out", "affine_warp_backward"):
+                    assert _ops.has_kernel(op, "cuda"), op
+
+
+class TestRandomAffine:
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_returned_matrices_reproduce_views(self, device):
+        x = images_like(6, 3, 20, 24, device=device)
+        aug = invfast.RandomAffine(30, translate=(0.1, 0.2), scale=(0.8, 1.2), shear=10)
+        g = torch.Generator(device=device).manual_seed(0)
+        views, m = aug(x, generator=g, return_matrices=True)
+        assert m.shape == (6, 2, 3) and m.device == x.device
+        assert torch.equal(views, invfast.affine_warp(x, m))
+        g.manual_seed(0)
+        assert torch.equal(aug(x, generator=g), views)
+        # Every sample has its own parameters.
+        assert len({tuple(r.flatten().tolist()) for r in m.cpu()}) == 6
+
+    def test_parameters_stay_in_range(self):
+        x = torch.zeros(4000, 1, 10, 20)
+        aug = invfast.RandomAffine(degrees=(10, 20), scale=(0.5, 0.75), hflip=0.0)
+        m = aug.sample_matrices(x, generator=torch.Generator().manual_seed(1)).double()
+        det = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]
+        scale = det.sqrt()
+        assert scale.min() >= 0.5 - 1e-6 and scale.max() <= 0.75 + 1e-6
+        angle = torch.rad2deg(torch.atan2(m[:, 0, 1], m[:, 0, 0]))
+        assert angle.min() >= 10 - 1e-4 and angle.max() <= 20 + 1e-4
+        # The image centre stays put without translation.
+        c = torch.tensor([9.5, 4.5, 1.0], dtype=torch.float64)
+        assert_close(m @ c, c[:2].expand(4000, 2), 1e-4, 0, "centre")
+
+    def test_flip_and_probability(self):
+        x = images_like(16, 3, 8, 8)
+        flip = invfast.RandomAffine(hflip=1.0)
+        assert torch.equal(flip(x), x.flip(-1))
+        off = invfast.RandomAffine(degrees=45, p=0.0)
+        assert torch.equal(off(x), x)
+        half = invfast.RandomAffine(degrees=45, hflip=0.0, p=0.5)
+        m = half.sample_matrices(torch.zeros(2000, 1, 4, 4))
+        identity = (m == torch.eye(2, 3)).flatten(1).all(1).float().mean()
+        assert 0.4 < identity < 0.6
+
+    def test_bad_arguments(self):
+        with pytest.raises(ValueError, match="degrees"):
+            invfast.RandomAffine(degrees=(30, 10))
+        with pytest.raises(ValueError, match="translate"):
+            invfast.RandomAffine(translate=(1.5, 0))
+        with pytest.raises(ValueError, match="scale"):
+            invfast.RandomAffine(scale=(0.0, 1.0))
+        with pytest.raises(ValueError, match="hflip"):
+            invfast.RandomAffine(hflip=2)
+        with pytest.raises(ValueError, match="images must be"):
+            invfast.RandomAffine(10)(torch.rand(3, 8, 8))
+
+
+def test_geometry_helpers():
+    m = random_matrices(3, 10, 10, seed=12, dtype=torch.float64)
+    inv = geometry.invert(m)
+    assert_close(geometry.compose(m, inv), torch.eye(3).expand(3, 3, 3), 1e-12, 0, "m then inv")
+    pts = torch.rand(3, 5, 2, dtype=torch.float64) * 10
+    back = geometry.transform_points(inv, geometry.transform_points(m, pts))
+    assert_close(back, pts, 1e-10, 0, "points round trip")
+    shift = torch.tensor([[[1.0, 0, 2], [0, 1, 3]]])
+    boxes = torch.tensor([[[0.0, 0, 4, 5]]])
+    assert torch.equal(geometry.transform_boxes(shift, boxes), torch.tensor([[[2.0, 3, 6, 8]]]))
+    rot = torch.tensor([[[0.0, 1, 0], [-1, 0, 8]]])
+    assert math.isclose(geometry.transform_boxes(rot, boxes)[0, 0, 2].item(), 5.0)
