@@ -1,0 +1,29 @@
+"""Command line: ``python -m invfast demo`` (the main job) and ``python -m invfast info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="invfast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    from . import demo
+
+    demo.add_arguments(sub.add_parser("demo", help="augment real photographs, check and time it"))
+    sub.add_parser("info", help="print what was built and loaded")
+    args = parser.parse_args(argv)
+
+    if args.command == "demo":
+        demo.run(args)
+    elif args.command == "info":
+        from . import backend_info
+
+        print(json.dumps(backend_info(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
