@@ -10,7 +10,7 @@ CUDA_HOME ?= $(shell nvcc --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 export CUDA_HOME TORCH_CUDA_ARCH_LIST
 
-.PHONY: venv build demo test test-cuda lint format bench clean
+.PHONY: venv build demo test lint format bench sanitize clean
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,25 @@ demo: build
 
 test: build
 	$(PY) -m pytest -q tests
+
+# Every benchmark family at 2 threads: a markdown table, JSON lines and a chart
+# under outputs/, then the same cases as pytest-benchmark tests.
+bench: build
+	$(PY) -m invfast bench --threads $(THREADS) --out outputs/bench
+	$(PY) -m pytest -q benchmarks/test_bench.py --benchmark-only
+
+# The C++ kernels built with AddressSanitizer and UndefinedBehaviorSanitizer in
+# a copy of the tree under build/sanitize, and the kernel tests run against them.
+SANITIZE_DIR := build/sanitize
+SANITIZE_TESTS ?= tests/test_affine_warp.py tests/test_losses.py
+sanitize: venv
+	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
+	git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t $(SANITIZE_DIR)
+	cd $(SANITIZE_DIR) && INVFAST_CUDA=0 INVFAST_SANITIZE=1 $(CURDIR)/$(PY) setup.py -q build_ext --inplace
+	cd $(SANITIZE_DIR) && PYTHONPATH=$(CURDIR)/$(SANITIZE_DIR) \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS) -k "not opcheck"
 
 lint: venv
 	$(VENV)/bin/ruff check .

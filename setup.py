@@ -8,6 +8,8 @@ Knobs, all environment variables:
 - ``CUDA_HOME``: the CUDA toolkit. When unset it is taken from what ``nvcc``
   on the PATH really runs, which also sees through wrapper scripts.
 - ``MAX_JOBS``: parallel compile jobs, default from cores and memory.
+- ``INVFAST_SANITIZE``: ``1`` builds the C++ kernels with AddressSanitizer and
+  UndefinedBehaviorSanitizer (CPU only; see ``make sanitize``).
 
 Build against the installed torch: ``pip install --no-build-isolation -e .``.
 """
@@ -103,6 +105,14 @@ def extensions():
         ("INVFAST_CUDA_VERSION", f'"{cuda_version}"'),
     ]
     cxx_flags = ["-O3", "-fdiagnostics-color=always"]
+    link_flags = []
+    if os.environ.get("INVFAST_SANITIZE") == "1":
+        if with_cuda:
+            raise RuntimeError("INVFAST_SANITIZE=1 builds the CPU kernels only: set INVFAST_CUDA=0")
+        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+        cxx_flags = ["-O1", "-g", "-fno-omit-frame-pointer", *sanitize]
+        link_flags = sanitize
+        log("sanitizers: AddressSanitizer and UndefinedBehaviorSanitizer")
     log(f"torch {torch.__version__}, C++ kernels: yes ({len(sources)} files)")
     if with_cuda:
         archs = os.environ["TORCH_CUDA_ARCH_LIST"]
@@ -126,6 +136,7 @@ def extensions():
             sources,
             define_macros=defines,
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
         )
     log(f"parallel jobs: {os.environ['MAX_JOBS']}")
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
