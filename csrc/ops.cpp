@@ -35,5 +35,26 @@ TORCH_LIBRARY(invfast, m) {
       "affine_warp_backward(Tensor grad_out, Tensor matrices, str interpolation, str padding, "
       "bool align_corners, SymInt[2] input_size) -> Tensor");
 
-  // Consistency losses.
+  // Consistency losses. Each returns the loss and, for every input whose
+  // gradient is asked for, d(loss)/d(input) computed in the same pass (an
+  // empty tensor otherwise); the autograd formula scales it by the upstream
+  // gradient. See invfast/losses.py for the meaning of the arguments.
+  m.def(
+      "kl_consistency(Tensor student, Tensor teacher, float temperature, "
+      "float teacher_temperature, Tensor? mask, str reduction, bool grad_student, "
+      "bool grad_teacher) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "symmetric_kl(Tensor a, Tensor b, float temperature, Tensor? mask, str reduction, "
+      "bool grad_a, bool grad_b) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "mse_consistency(Tensor student, Tensor teacher, float temperature, Tensor? mask, "
+      "str reduction, bool grad_student, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "js_consistency(Tensor[] logits, float[]? weights, float temperature, str reduction, "
+      "bool compute_grad) -> (Tensor, Tensor[])");
+  // FixMatch returns (loss, kept fraction, gradient of the *sum* of the kept
+  // rows' cross-entropies); the normalisation is applied in autograd.
+  m.def(
+      "fixmatch_loss(Tensor weak, Tensor strong, float threshold, float temperature, "
+      "str normalize, bool compute_grad) -> (Tensor, Tensor, Tensor)");
 }

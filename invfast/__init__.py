@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from . import geometry, reference
+from . import geometry, losses, nn, reference
 from ._ops import backend_info, set_backend
 from .augment import RandomAffine
 from .functional import affine_warp
@@ -12,6 +12,8 @@ __all__ = [
     "affine_warp",
     "backend_info",
     "geometry",
+    "losses",
+    "nn",
     "reference",
     "set_backend",
 ]

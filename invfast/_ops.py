@@ -163,3 +163,166 @@ if _ext is not None:
     torch.library.register_autograd(
         "invfast::affine_warp", _affine_warp_backward, setup_context=_affine_warp_setup
     )
+
+
+# ---------------------------------------------------------------------------
+# Fake kernels and autograd of the consistency losses.
+#
+# Each loss op returns, next to the loss, d(loss)/d(input) for every input
+# whose gradient was asked for (computed in the forward pass, already
+# multiplied by the mask and the reduction's 1/N), or an empty tensor. Those
+# are the only (N, C) buffers kept for backward, which scales them by the
+# upstream gradient: per row for reduction "none", by a scalar otherwise.
+
+if _ext is not None:
+
+    def _loss_dtype(x):
+        return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+    def _rows_shape(x):
+        return (x.shape[0], *x.shape[2:])
+
+    def _fake_loss(x, reduction):
+        shape = _rows_shape(x) if reduction == "none" else ()
+        return x.new_empty(shape, dtype=_loss_dtype(x))
+
+    def _fake_grad(x, wanted):
+        if not wanted:
+            return x.new_empty((0,))
+        if x.dim() == 2:
+            return x.new_empty(x.shape)
+        # The kernels write class-last rows; the gradient is a view of them.
+        return x.new_empty((*_rows_shape(x), x.shape[1])).movedim(-1, 1)
+
+    def _check_fake_logits(op, x):
+        torch._check(x.dim() >= 2, lambda: f"{op}: logits must be (N, C) or (N, C, d1, ...)")
+
+    @torch.library.register_fake("invfast::kl_consistency")
+    def _kl_consistency_fake(
+        student, teacher, temperature, teacher_temperature, mask, reduction, grad_s, grad_t
+    ):
+        _check_fake_logits("kl_consistency", student)
+        return (
+            _fake_loss(student, reduction),
+            _fake_grad(student, grad_s),
+            _fake_grad(student, grad_t),
+        )
+
+    @torch.library.register_fake("invfast::symmetric_kl")
+    def _symmetric_kl_fake(a, b, temperature, mask, reduction, grad_a, grad_b):
+        _check_fake_logits("symmetric_kl", a)
+        return _fake_loss(a, reduction), _fake_grad(a, grad_a), _fake_grad(a, grad_b)
+
+    @torch.library.register_fake("invfast::mse_consistency")
+    def _mse_consistency_fake(student, teacher, temperature, mask, reduction, grad_s, grad_t):
+        _check_fake_logits("mse_consistency", student)
+        return (
+            _fake_loss(student, reduction),
+            _fake_grad(student, grad_s),
+            _fake_grad(student, grad_t),
+        )
+
+    @torch.library.register_fake("invfast::js_consistency")
+    def _js_consistency_fake(logits, weights, temperature, reduction, compute_grad):
+        _check_fake_logits("js_consistency", logits[0])
+        grads = [_fake_grad(x, True) for x in logits] if compute_grad else []
+        return _fake_loss(logits[0], reduction), grads
+
+    @torch.library.register_fake("invfast::fixmatch_loss")
+    def _fixmatch_loss_fake(weak, strong, threshold, temperature, normalize, compute_grad):
+        _check_fake_logits("fixmatch_loss", weak)
+        dtype = _loss_dtype(weak)
+        return (
+            weak.new_empty((), dtype=dtype),
+            weak.new_empty((), dtype=dtype),
+            _fake_grad(weak, compute_grad),
+        )
+
+    def _scale_saved(saved, grad, per_row):
+        """The saved d(loss)/d(input) times the upstream gradient."""
+        if per_row:
+            grad = grad.unsqueeze(1)
+        return saved * grad.to(saved.dtype)
+
+    def _missing_grad(op, name, flag):
+        return RuntimeError(
+            f"invfast::{op}: a gradient for {name} is needed but the op ran with {flag}=False; "
+            "call it through invfast.losses, which sets the flag"
+        )
+
+    def _register_pair_autograd(op, names, flags, reduction_index):
+        def setup_context(ctx, inputs, output):
+            _, grad_a, grad_b = output
+            ctx.mark_non_differentiable(grad_a, grad_b)
+            ctx.save_for_backward(grad_a, grad_b)
+            ctx.per_row = inputs[reduction_index] == "none"
+            ctx.wanted = (inputs[-2], inputs[-1])
+            ctx.n_inputs = len(inputs)
+
+        def backward(ctx, grad, _grad_a, _grad_b):
+            saved = ctx.saved_tensors
+            result = [None] * ctx.n_inputs
+            for i in range(2):
+                if ctx.needs_input_grad[i]:
+                    if not ctx.wanted[i]:
+                        raise _missing_grad(op, names[i], flags[i])
+                    result[i] = _scale_saved(saved[i], grad, ctx.per_row)
+            return tuple(result)
+
+        torch.library.register_autograd(f"invfast::{op}", backward, setup_context=setup_context)
+
+    _register_pair_autograd(
+        "kl_consistency", ("student", "teacher"), ("grad_student", "grad_teacher"), 5
+    )
+    _register_pair_autograd("symmetric_kl", ("a", "b"), ("grad_a", "grad_b"), 4)
+    _register_pair_autograd(
+        "mse_consistency", ("student", "teacher"), ("grad_student", "grad_teacher"), 4
+    )
+
+    def _js_setup(ctx, inputs, output):
+        logits, _, _, reduction, compute_grad = inputs
+        _, grads = output
+        ctx.mark_non_differentiable(*grads)
+        ctx.save_for_backward(*grads)
+        ctx.per_row = reduction == "none"
+        ctx.compute_grad = compute_grad
+
+    def _js_backward(ctx, grad, _grads):
+        if not ctx.compute_grad:
+            raise _missing_grad("js_consistency", "logits", "compute_grad")
+        grads = [_scale_saved(g, grad, ctx.per_row) for g in ctx.saved_tensors]
+        return grads, None, None, None, None
+
+    torch.library.register_autograd(
+        "invfast::js_consistency", _js_backward, setup_context=_js_setup
+    )
+
+    def _fixmatch_setup(ctx, inputs, output):
+        weak, _, _, _, normalize, compute_grad = inputs
+        _, kept_fraction, grad = output
+        ctx.mark_non_differentiable(kept_fraction, grad)
+        ctx.save_for_backward(grad, kept_fraction)
+        rows = weak.numel() // weak.shape[1] if weak.shape[1] else 0
+        ctx.rows = max(rows, 1)
+        ctx.by_kept = normalize == "kept"
+        ctx.compute_grad = compute_grad
+
+    def _fixmatch_backward(ctx, grad, _kept_fraction, _grad):
+        saved, kept_fraction = ctx.saved_tensors
+        grad_strong = None
+        if ctx.needs_input_grad[1]:
+            if not ctx.compute_grad:
+                raise _missing_grad("fixmatch_loss", "strong", "compute_grad")
+            # The op's gradient is that of the kept rows' sum; divide by the
+            # normaliser here, with tensor arithmetic (no read-back).
+            if ctx.by_kept:
+                count = torch.round(kept_fraction * ctx.rows).clamp(min=1)
+                grad = grad / count
+            else:
+                grad = grad / ctx.rows
+            grad_strong = _scale_saved(saved, grad, False)
+        return None, grad_strong, None, None, None, None
+
+    torch.library.register_autograd(
+        "invfast::fixmatch_loss", _fixmatch_backward, setup_context=_fixmatch_setup
+    )

@@ -6,6 +6,7 @@ follow the same conventions (see ``invfast.affine_warp``) and are written for
 clarity, not speed.
 """
 
+from . import losses as losses
 from .warp import affine_warp
 
 __all__ = ["affine_warp"]

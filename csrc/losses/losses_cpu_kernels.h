@@ -1,0 +1,330 @@
+// The CPU row kernels, written once on at::vec::Vectorized and compiled once
+// per instruction set. The including file defines INVFAST_MATH_ISA (the
+// namespace of this build) and, for a vector build, CPU_CAPABILITY; see
+// losses_cpu_generic.cpp and losses_cpu_avx2.cpp.
+//
+// NOTE: a row makes three passes over at most 2 x C floats, which stay in
+// L1/L2: the maximum, then exp() stored into scratch with its sum, then the
+// loss (and the gradient when the row's total is not needed first). An
+// online softmax (one pass for maximum and sum) would compute every exp()
+// twice; on a CPU the exp(), not the memory, is the cost. The CUDA kernels,
+// which are bound by memory, use the online form.
+#pragma once
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <limits>
+
+#include "losses_cpu_rows.h"
+#include "losses_math.h"
+
+namespace invfast {
+namespace losses {
+
+// Vector forms of the primitives of losses_math.h that branch or fuse.
+template <>
+inline at::vec::Vectorized<float> mul_add(at::vec::Vectorized<float> a,
+                                          at::vec::Vectorized<float> b,
+                                          at::vec::Vectorized<float> c) {
+  return at::vec::fmadd(a, b, c);
+}
+
+template <>
+inline at::vec::Vectorized<double> mul_add(at::vec::Vectorized<double> a,
+                                           at::vec::Vectorized<double> b,
+                                           at::vec::Vectorized<double> c) {
+  return at::vec::fmadd(a, b, c);
+}
+
+template <>
+inline at::vec::Vectorized<float> nonzero_mul(at::vec::Vectorized<float> p,
+                                              at::vec::Vectorized<float> x) {
+  using V = at::vec::Vectorized<float>;
+  return V::blendv(p * x, V(0.0f), p == V(0.0f));
+}
+
+template <>
+inline at::vec::Vectorized<double> nonzero_mul(at::vec::Vectorized<double> p,
+                                               at::vec::Vectorized<double> x) {
+  using V = at::vec::Vectorized<double>;
+  return V::blendv(p * x, V(0.0), p == V(0.0));
+}
+
+template <>
+inline at::vec::Vectorized<float> log_mixture(at::vec::Vectorized<float> p0,
+                                              at::vec::Vectorized<float> lp0,
+                                              at::vec::Vectorized<float> u) {
+  using V = at::vec::Vectorized<float>;
+  return V::blendv((p0 + u).log(), lp0, u == V(0.0f));
+}
+
+template <>
+inline at::vec::Vectorized<double> log_mixture(at::vec::Vectorized<double> p0,
+                                               at::vec::Vectorized<double> lp0,
+                                               at::vec::Vectorized<double> u) {
+  using V = at::vec::Vectorized<double>;
+  return V::blendv((p0 + u).log(), lp0, u == V(0.0));
+}
+
+namespace cpu {
+namespace INVFAST_MATH_ISA {
+namespace {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+// Loads n <= size() elements; the lanes past n hold `fill`.
+template <typename T>
+Vec<T> load(const T* p, int64_t n, T fill = T(0)) {
+  if (n == Vec<T>::size()) {
+    return Vec<T>::loadu(p);
+  }
+  return Vec<T>::set(Vec<T>(fill), Vec<T>::loadu(p, n), n);
+}
+
+template <typename T>
+void store(Vec<T> v, T* p, int64_t n) {
+  if (n == Vec<T>::size()) {
+    v.store(p);
+  } else {
+    v.store(p, static_cast<int>(n));
+  }
+}
+
+// Calls f(i, n) for the chunks [i, i + n) of [0, C), n = size() but for the last.
+template <typename T, typename F>
+void for_chunks(int64_t C, F&& f) {
+  constexpr int64_t W = Vec<T>::size();
+  for (int64_t i = 0; i < C; i += W) {
+    f(i, C - i < W ? C - i : W);
+  }
+}
+
+template <typename T>
+T reduce_sum(Vec<T> v) {
+  T buf[Vec<T>::size()];
+  v.store(buf);
+  T s = T(0);
+  for (int64_t i = 0; i < Vec<T>::size(); ++i) {
+    s += buf[i];
+  }
+  return s;
+}
+
+// The maximum, NaN if any lane is NaN.
+template <typename T>
+T reduce_max(Vec<T> v) {
+  T buf[Vec<T>::size()];
+  v.store(buf);
+  T m = buf[0];
+  for (int64_t i = 1; i < Vec<T>::size(); ++i) {
+    m = (m != m || m >= buf[i]) ? m : buf[i];
+  }
+  return m;
+}
+
+// exp() of the bulk of the work: a polynomial accurate to a few ulp for float.
+inline Vec<float> fast_exp(Vec<float> v) { return v.exp_u20(); }
+inline Vec<double> fast_exp(Vec<double> v) { return v.exp(); }
+
+// Softmax statistics of a row, with e_c = exp((x_c - max) * inv_t) left in e.
+template <typename T>
+RowSoftmax<T> softmax_row(const T* x, int64_t C, T inv_t, T* e) {
+  using V = Vec<T>;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  V vmax(ninf);
+  for_chunks<T>(C,
+                [&](int64_t i, int64_t n) { vmax = at::vec::maximum(vmax, load(x + i, n, ninf)); });
+  const T max = reduce_max(vmax);
+
+  const RowSoftmax<T> shift{max, inv_t, T(0), T(0)};
+  V vsum(T(0));
+  for_chunks<T>(C, [&](int64_t i, int64_t n) {
+    V ev = fast_exp(shifted(shift, load(x + i, n)));
+    if (n < V::size()) {
+      ev = V::set(V(T(0)), ev, n);
+    }
+    store(ev, e + i, n);
+    vsum += ev;
+  });
+  return row_softmax(max, reduce_sum(vsum), inv_t);
+}
+
+template <Pair kind, typename T>
+T pair_row(const PairRow<T>& r) {
+  using V = Vec<T>;
+  const int64_t C = r.C;
+  T* ea = r.scratch;
+  T* eb = r.scratch + C;
+  const RowSoftmax<T> sa = softmax_row(r.a, C, r.inv_ta, ea);
+  const RowSoftmax<T> sb = softmax_row(r.b, C, r.inv_tb, eb);
+  const V inv_sa(sa.inv_sum), inv_sb(sb.inv_sum);
+  // NOTE: the symmetric KL is the mean of the two directions, as R-Drop uses it.
+  const T half = kind == Pair::SymmetricKL ? T(0.5) : T(1);
+  const V scale_a(r.grad_scale * r.inv_ta * half), scale_b(r.grad_scale * r.inv_tb * half);
+
+  // The loss pass; it also writes the gradients that need no row total.
+  V acc0(T(0)), acc1(T(0)), acc2(T(0));
+  for_chunks<T>(C, [&](int64_t i, int64_t n) {
+    const V xa = load(r.a + i, n), xb = load(r.b + i, n);
+    const V e_a = load(ea + i, n), e_b = load(eb + i, n);
+    const V pa = e_a * inv_sa, pb = e_b * inv_sb, diff = prob_diff(e_a, inv_sa, e_b, inv_sb);
+    const V la = log_prob(sa, xa), lb = log_prob(sb, xb);
+    if (kind == Pair::KL) {
+      acc0 += kl_term(pb, lb, la);
+      if (r.grad_a != nullptr) {
+        store(kl_grad_q(diff) * scale_a, r.grad_a + i, n);
+      }
+    } else if (kind == Pair::SymmetricKL) {
+      acc0 += kl_term(pa, la, lb);
+      acc1 += kl_term(pb, lb, la);
+    } else {
+      acc0 += mse_term(diff);
+      acc1 += mse_moment(pa, diff);
+      acc2 += mse_moment(pb, V(T(0)) - diff);
+    }
+  });
+  const T s0 = reduce_sum(acc0), s1 = reduce_sum(acc1), s2 = reduce_sum(acc2);
+  const bool second_a = kind != Pair::KL && r.grad_a != nullptr;
+  if (second_a || r.grad_b != nullptr) {
+    for_chunks<T>(C, [&](int64_t i, int64_t n) {
+      const V xa = load(r.a + i, n), xb = load(r.b + i, n);
+      const V e_a = load(ea + i, n), e_b = load(eb + i, n);
+      const V pa = e_a * inv_sa, pb = e_b * inv_sb, diff = prob_diff(e_a, inv_sa, e_b, inv_sb);
+      const V la = log_prob(sa, xa), lb = log_prob(sb, xb);
+      if (kind == Pair::KL) {
+        store(kl_grad_p(pb, lb, la, V(s0)) * scale_b, r.grad_b + i, n);
+        return;
+      }
+      V ga, gb;
+      if (kind == Pair::SymmetricKL) {
+        ga = sym_kl_grad(pa, diff, la, lb, V(s0));
+        gb = sym_kl_grad(pb, V(T(0)) - diff, lb, la, V(s1));
+      } else {
+        ga = mse_grad(pa, diff, V(s1));
+        gb = mse_grad(pb, V(T(0)) - diff, V(s2));
+      }
+      if (r.grad_a != nullptr) {
+        store(ga * scale_a, r.grad_a + i, n);
+      }
+      if (r.grad_b != nullptr) {
+        store(gb * scale_b, r.grad_b + i, n);
+      }
+    });
+  }
+  return kind == Pair::SymmetricKL ? half * (s0 + s1) : s0;
+}
+
+template <typename T>
+T pair_row_any(Pair kind, const PairRow<T>& r) {
+  switch (kind) {
+    case Pair::KL:
+      return pair_row<Pair::KL>(r);
+    case Pair::SymmetricKL:
+      return pair_row<Pair::SymmetricKL>(r);
+    default:
+      return pair_row<Pair::MSE>(r);
+  }
+}
+
+template <typename T>
+T js_row(const JsRow<T>& r) {
+  using V = Vec<T>;
+  const int64_t C = r.C, K = r.K;
+  RowSoftmax<T> s[kMaxViews];
+  for (int64_t k = 0; k < K; ++k) {
+    s[k] = softmax_row(r.x[k], C, r.inv_t, r.scratch + k * C);
+  }
+  T* log_m = r.scratch + K * C;
+
+  V kl[kMaxViews];
+  for (int64_t k = 0; k < K; ++k) {
+    kl[k] = V(T(0));
+  }
+  for_chunks<T>(C, [&](int64_t i, int64_t n) {
+    const V e0 = load(r.scratch + i, n), inv0(s[0].inv_sum);
+    const V p0 = e0 * inv0;
+    const V lp0 = log_prob(s[0], load(r.x[0] + i, n));
+    V u(T(0));
+    for (int64_t k = 1; k < K; ++k) {
+      const V ek = load(r.scratch + k * C + i, n);
+      u += V(r.weights[k]) * prob_diff(ek, V(s[k].inv_sum), e0, inv0);
+    }
+    const V lm = log_mixture(p0, lp0, u);
+    store(lm, log_m + i, n);
+    kl[0] += kl_term(p0, lp0, lm);
+    for (int64_t k = 1; k < K; ++k) {
+      const V pk = load(r.scratch + k * C + i, n) * V(s[k].inv_sum);
+      kl[k] += kl_term(pk, log_prob(s[k], load(r.x[k] + i, n)), lm);
+    }
+  });
+  T js = T(0);
+  T kl_k[kMaxViews];
+  for (int64_t k = 0; k < K; ++k) {
+    kl_k[k] = reduce_sum(kl[k]);
+    js += r.weights[k] * kl_k[k];
+  }
+
+  if (r.grad != nullptr) {
+    for (int64_t k = 0; k < K; ++k) {
+      const T* e = r.scratch + k * C;
+      const V scale(r.weights[k] * r.grad_scale * r.inv_t), inv_sum(s[k].inv_sum), kk(kl_k[k]);
+      for_chunks<T>(C, [&](int64_t i, int64_t n) {
+        const V pk = load(e + i, n) * inv_sum;
+        const V lpk = log_prob(s[k], load(r.x[k] + i, n));
+        store(kl_grad_p(pk, lpk, load(log_m + i, n), kk) * scale, r.grad[k] + i, n);
+      });
+    }
+  }
+  return js;
+}
+
+template <typename T>
+FixResult<T> fix_row(const FixRow<T>& r) {
+  using V = Vec<T>;
+  const int64_t C = r.C;
+  const RowSoftmax<T> sw = softmax_row(r.weak, C, r.inv_t, r.scratch);
+  if (!confident(sw.inv_sum, r.threshold)) {
+    if (r.grad != nullptr) {
+      for_chunks<T>(C, [&](int64_t i, int64_t n) { store(V(T(0)), r.grad + i, n); });
+    }
+    return {T(0), false};
+  }
+  // The pseudo-label: the first class that attains the maximum, as argmax.
+  int64_t label = 0;
+  while (label < C - 1 && !(r.weak[label] == sw.max)) {
+    ++label;
+  }
+
+  const RowSoftmax<T> ss = softmax_row(r.strong, C, T(1), r.scratch);
+  const V lq = log_prob(ss, V(r.strong[label]));
+  T lq_label[V::size()];
+  lq.store(lq_label);
+  if (r.grad != nullptr) {
+    const V inv_sum(ss.inv_sum);
+    for_chunks<T>(
+        C, [&](int64_t i, int64_t n) { store(load(r.scratch + i, n) * inv_sum, r.grad + i, n); });
+    r.grad[label] -= T(1);
+  }
+  return {-lq_label[0], true};
+}
+
+const Kernels table = {
+    C10_STRINGIZE(INVFAST_MATH_ISA),
+    &pair_row_any<float>,
+    &pair_row_any<double>,
+    &js_row<float>,
+    &js_row<double>,
+    &fix_row<float>,
+    &fix_row<double>,
+};
+
+}  // namespace
+
+const Kernels& kernels() { return table; }
+
+}  // namespace INVFAST_MATH_ISA
+}  // namespace cpu
+}  // namespace losses
+}  // namespace invfast
