@@ -52,6 +52,10 @@ def get_backend() -> str:
     return _BACKEND
 
 
+# NOTE: torch.compile evaluates this once while tracing and keeps the answer as a
+# constant (the registrations do not change after import); calling the dispatcher
+# query from a traced function would otherwise break the graph.
+@torch.compiler.assume_constant_result
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether the loaded extension registered ``invfast::op`` for a device type."""
     if _ext is None:
