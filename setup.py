@@ -8,6 +8,9 @@ Knobs, all environment variables:
 - ``CUDA_HOME``: the CUDA toolkit. When unset it is taken from what ``nvcc``
   on the PATH really runs, which also sees through wrapper scripts.
 - ``MAX_JOBS``: parallel compile jobs, default from cores and memory.
+- ``INVFAST_LOCAL_VERSION``: ``1`` appends what the build is for to the
+  version, as a local version (``0.1.0+torch2.14cu130``, ``0.1.0+torch2.14cpu``),
+  so a wheel's name says which torch and CUDA it needs; ``make wheel`` sets it.
 - ``INVFAST_SANITIZE``: ``1`` builds the C++ kernels with AddressSanitizer and
   UndefinedBehaviorSanitizer (CPU only; see ``make sanitize``).
 
@@ -142,7 +145,20 @@ def extensions():
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 
+def local_version(with_cuda):
+    """What the build is for, as a PEP 440 local version: ``torch2.14cu130`` or ``torch2.14cpu``."""
+    import torch
+
+    torch_mm = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    cuda = f"cu{torch.version.cuda.replace('.', '')}" if with_cuda else "cpu"
+    return f"torch{torch_mm}{cuda}"
+
+
 ext_modules, cmdclass = extensions()
+if os.environ.get("INVFAST_LOCAL_VERSION", "0").lower() in ("1", "true", "on", "yes"):
+    with_cuda = any(src.endswith(".cu") for src in ext_modules[0].sources)
+    VERSION = f"{VERSION}+{local_version(with_cuda)}"
+    log(f"version {VERSION} (INVFAST_LOCAL_VERSION)")
 
 setup(
     name="invfast",
