@@ -16,8 +16,12 @@ Then it evaluates each on the clean test set and on test sets rotated,
 shifted and zoomed by fixed amounts (invfast.metrics.invariance_sweep), prints
 a markdown table and saves a plot of accuracy against rotation angle.
 
-    python examples/train_invariance.py                 # about 2 minutes on 2 cores
+    python examples/train_invariance.py                 # 20 epochs: ~5 min of CPU time
     python examples/train_invariance.py --quick         # a few seconds, for tests
+
+Limitation: measured on 2 shared cores only (5.5 min of CPU time, 10 min of
+wall time while other builds ran); one seed, so differences of a point or
+two between runs are within noise.
 """
 
 from __future__ import annotations
