@@ -25,15 +25,25 @@ PyMODINIT_FUNC PyInit__C(void) {
 
 TORCH_LIBRARY(invfast, m) {
   // Geometric warps.
+  // matrices (B, 2|3, 3) give (B, C, H', W'); (K, B, 2|3, 3) give K views,
+  // (K, B, C, H', W'), in one pass. fill holds 1 or C values.
   m.def(
       "affine_warp(Tensor images, Tensor matrices, str interpolation, str padding, "
-      "bool align_corners, float fill, SymInt[2] size) -> Tensor");
+      "bool align_corners, float[] fill, SymInt[2] size, ScalarType? out_dtype=None) -> Tensor");
   m.def(
       "affine_warp_out(Tensor images, Tensor matrices, str interpolation, str padding, "
-      "bool align_corners, float fill, Tensor(a!) out) -> ()");
+      "bool align_corners, float[] fill, Tensor(a!) out) -> ()");
+  // Returns (d images or an empty tensor, d matrices or an empty tensor); the
+  // matrix gradient is computed when images are given.
   m.def(
-      "affine_warp_backward(Tensor grad_out, Tensor matrices, str interpolation, str padding, "
-      "bool align_corners, SymInt[2] input_size) -> Tensor");
+      "affine_warp_backward(Tensor grad_out, Tensor? images, Tensor matrices, str interpolation, "
+      "str padding, bool align_corners, float[] fill, SymInt[2] input_size, bool images_grad) "
+      "-> (Tensor, Tensor)");
+  // uint8 images in, ((warped / 255) - mean) / std out; fill in pixel units.
+  m.def(
+      "warp_normalize(Tensor images, Tensor matrices, Tensor mean, Tensor std, "
+      "str interpolation, str padding, bool align_corners, float[] fill, SymInt[2] size, "
+      "ScalarType out_dtype) -> Tensor");
 
   // Consistency losses. Each returns the loss and, for every input whose
   // gradient is asked for, d(loss)/d(input) computed in the same pass (an

@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 from . import geometry, losses, nn, reference
 from ._ops import backend_info, set_backend
 from .augment import RandomAffine
-from .functional import affine_warp
+from .functional import affine_warp, warp_normalize
 
 __all__ = [
     "RandomAffine",
@@ -16,4 +16,5 @@ __all__ = [
     "nn",
     "reference",
     "set_backend",
+    "warp_normalize",
 ]

@@ -123,46 +123,97 @@ def backend_info() -> dict:
 
 if _ext is not None:
 
-    @torch.library.register_fake("invfast::affine_warp")
-    def _affine_warp_fake(images, matrices, interpolation, padding, align_corners, fill, size):
+    def _warp_output_shape(images, matrices, size):
         torch._check(images.dim() == 4, lambda: "affine_warp: images must be (B, C, H, W)")
         torch._check(
-            matrices.dim() == 3 and matrices.shape[0] == images.shape[0],
-            lambda: "affine_warp: matrices must be (B, 2, 3) or (B, 3, 3)",
+            matrices.dim() in (3, 4) and matrices.shape[-3] == images.shape[0],
+            lambda: "affine_warp: matrices must be (B, 2|3, 3) or (K, B, 2|3, 3)",
         )
         shape = (images.shape[0], images.shape[1], size[0], size[1])
-        return images.new_empty(shape).contiguous(memory_format=suggest_memory_format(images))
+        return shape if matrices.dim() == 3 else (matrices.shape[0], *shape)
+
+    def _warp_empty(images, matrices, size, dtype, keep_format=True):
+        # Each view in the images' memory format (or NCHW), as the kernels allocate it.
+        shape = _warp_output_shape(images, matrices, size)
+        views = 1 if matrices.dim() == 3 else shape[0]
+        flat = images.new_empty((views * images.shape[0], *shape[-3:]), dtype=dtype)
+        if keep_format:
+            flat = flat.contiguous(memory_format=suggest_memory_format(images))
+        return flat if matrices.dim() == 3 else flat.view(shape)
+
+    @torch.library.register_fake("invfast::affine_warp")
+    def _affine_warp_fake(
+        images, matrices, interpolation, padding, align_corners, fill, size, out_dtype=None
+    ):
+        dtype = images.dtype if out_dtype is None else out_dtype
+        return _warp_empty(images, matrices, size, dtype)
 
     @torch.library.register_fake("invfast::affine_warp_out")
     def _affine_warp_out_fake(images, matrices, interpolation, padding, align_corners, fill, out):
         return None
 
+    @torch.library.register_fake("invfast::warp_normalize")
+    def _warp_normalize_fake(
+        images, matrices, mean, std, interpolation, padding, align_corners, fill, size, out_dtype
+    ):
+        torch._check(images.dtype == torch.uint8, lambda: "warp_normalize: images must be uint8")
+        return _warp_empty(images, matrices, size, out_dtype, keep_format=False)
+
     @torch.library.register_fake("invfast::affine_warp_backward")
     def _affine_warp_backward_fake(
-        grad_out, matrices, interpolation, padding, align_corners, input_size
+        grad_out,
+        images,
+        matrices,
+        interpolation,
+        padding,
+        align_corners,
+        fill,
+        input_size,
+        images_grad,
     ):
-        shape = (grad_out.shape[0], grad_out.shape[1], input_size[0], input_size[1])
-        return grad_out.new_empty(shape)
+        B, C = grad_out.shape[-4], grad_out.shape[-3]
+        if images_grad:
+            grad_images = grad_out.new_empty((B, C, input_size[0], input_size[1]))
+        else:
+            grad_images = grad_out.new_empty((0,))
+        if images is not None:
+            grad_matrices = matrices.new_empty(matrices.shape)
+        else:
+            grad_matrices = matrices.new_empty((0,))
+        return grad_images, grad_matrices
 
     def _affine_warp_setup(ctx, inputs, output):
-        images, matrices, interpolation, padding, align_corners, _, _ = inputs
-        ctx.save_for_backward(matrices)
-        ctx.options = (interpolation, padding, align_corners)
+        images, matrices, interpolation, padding, align_corners, fill, _, _ = inputs
+        # The image is kept only when the matrix gradient needs to read it.
+        ctx.save_for_backward(matrices, images if matrices.requires_grad else None)
+        ctx.options = (interpolation, padding, align_corners, fill)
         ctx.input_size = (images.shape[2], images.shape[3])
+        ctx.images_dtype = images.dtype
 
     def _affine_warp_backward(ctx, grad):
-        (matrices,) = ctx.saved_tensors
-        if ctx.needs_input_grad[1]:
-            raise RuntimeError(
-                "invfast::affine_warp: the kernel has no gradient with respect to matrices; "
-                "call invfast.affine_warp, which uses the reference for that"
-            )
-        grad_images = None
-        if ctx.needs_input_grad[0]:
-            grad_images = torch.ops.invfast.affine_warp_backward(
-                grad, matrices, *ctx.options, ctx.input_size
-            )
-        return grad_images, None, None, None, None, None, None
+        matrices, images = ctx.saved_tensors
+        want_images, want_matrices = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (want_images or want_matrices):
+            return None, None, None, None, None, None, None, None
+        grad_images, grad_matrices = torch.ops.invfast.affine_warp_backward(
+            grad.to(torch.float64 if ctx.images_dtype == torch.float64 else grad.dtype),
+            images if want_matrices else None,
+            matrices,
+            *ctx.options,
+            ctx.input_size,
+            want_images,
+        )
+        grad_images = grad_images.to(ctx.images_dtype) if want_images else None
+        return (
+            grad_images,
+            grad_matrices if want_matrices else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
     torch.library.register_autograd(
         "invfast::affine_warp", _affine_warp_backward, setup_context=_affine_warp_setup

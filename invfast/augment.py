@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -36,13 +37,85 @@ def _probability(name, value):
     return float(value)
 
 
+# ---------------------------------------------------------------------------
+# Counter-based random numbers: a pure integer hash of (seed, step, sample id,
+# draw), written with int64 tensor ops that are exact on every device.
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _signed(c: int) -> int:
+    c &= _MASK64
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _mix_int(z: int) -> int:
+    """splitmix64's finaliser on Python ints (host side, for int seeds and steps)."""
+    z = (z + _GOLDEN) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
+    # NOTE: >> on int64 tensors is arithmetic; the mask makes it a logical shift.
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser on int64 tensors; products wrap modulo 2^64 on CPU and CUDA."""
+    z = z + _signed(_GOLDEN)
+    z = (z ^ _shr(z, 30)) * _signed(0xBF58476D1CE4E5B9)
+    z = (z ^ _shr(z, 27)) * _signed(0x94D049BB133111EB)
+    return z ^ _shr(z, 31)
+
+
+def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` uniform numbers in [0, 1) per sample, a pure function of (seed, step, id).
+
+    A sample gets the same numbers whatever the batch it is in and whatever
+    the device: the numbers come from integer hashing (splitmix64's mixer)
+    of the key, computed with int64 tensor ops on ``sample_ids``' device. No
+    host sync and no generator state, so it can be captured in a CUDA graph
+    (pass ``step`` as a device tensor that the loop increments in place).
+
+    Args:
+        seed (int or Tensor[]): the stream; give DDP ranks different seeds.
+        step (int or Tensor[]): the training step (or epoch); int64.
+        sample_ids (Tensor[B], int64): the samples' global indices.
+        n (int): numbers per sample.
+
+    Returns:
+        Tensor[B, n], float64 with 24 random bits (exact on every device).
+    """
+    ids = sample_ids.to(torch.int64)
+    if isinstance(seed, torch.Tensor) or isinstance(step, torch.Tensor):
+        seed_t = torch.as_tensor(seed, dtype=torch.int64, device=ids.device)
+        step_t = torch.as_tensor(step, dtype=torch.int64, device=ids.device)
+        key = _mix(_mix(seed_t) + step_t)
+    else:
+        key = _signed(_mix_int((_mix_int(int(seed) & _MASK64) + int(step)) & _MASK64))
+    per_sample = _mix(ids + key)
+    draws = torch.arange(n, dtype=torch.int64, device=ids.device) * _signed(_GOLDEN)
+    z = _mix(per_sample[:, None] + draws)
+    return _shr(z, 40).to(torch.float64) * (1.0 / (1 << 24))
+
+
 class RandomAffine(nn.Module):
-    """Per-sample random rotation, shift, zoom, shear and horizontal flip.
+    """Per-sample random rotation, shift, zoom, shear, flips and resized crop.
 
     Every sample of a batch gets its own parameters, drawn on the images'
     device (no host sync), and the batch is warped by one fused kernel
     (:func:`invfast.affine_warp`). Parameter ranges follow torchvision's
-    ``RandomAffine``.
+    ``RandomAffine`` and ``RandomResizedCrop``.
+
+    Randomness: with ``seed`` set, parameters come from a counter-based
+    generator keyed by (seed, step, sample id) (:func:`counter_uniform`): a
+    sample gets the same view at any batch size and on any device (up to the
+    float rounding of the trigonometry), DDP ranks differ by seed, and the
+    draw can be captured in a CUDA graph. Without ``seed``, ``torch.rand``
+    with the ``generator`` given to ``forward``.
 
     Args:
         degrees (float or (float, float)): rotation range in degrees,
@@ -53,20 +126,40 @@ class RandomAffine(nn.Module):
         shear (float or sequence, optional): x-shear range in degrees (a number
             ``s`` means ``(-s, s)``), or four numbers for x and y ranges.
         hflip (float): probability of a left-right mirror. Default: 0.5.
-        p (float): probability that a sample is transformed at all. Default: 1.
+        p (float): probability that a sample is transformed at all; a sample
+            left alone gets the identity matrix, which the kernel copies. Default: 1.
+        angles (sequence of float, optional): rotations to choose from with
+            equal probability (e.g. ``(0, 90, 180, 270)``), added to the
+            ``degrees`` draw. Default: none.
+        vflip (float): probability of a top-bottom mirror. Default: 0.
+        crop_scale ((float, float), optional): a RandomResizedCrop first: the
+            crop's area as a fraction of the image's, drawn uniformly, e.g.
+            ``(0.08, 1.0)``. The crop fills the output (``size``). Default: no crop.
+        crop_ratio ((float, float)): the crop's aspect ratio range (width /
+            height), drawn log-uniformly. Default: ``(3/4, 4/3)``.
+        seed (int, optional): use the counter-based generator with this seed.
+        same_on_batch (bool): one set of parameters for the whole batch (those
+            of its first sample). Default: False.
+        size ((int, int), optional): output size; default the input's.
         mode, padding_mode, align_corners, fill: passed to :func:`invfast.affine_warp`.
+
+    NOTE: unlike torchvision's RandomResizedCrop, a crop that does not fit is
+    not redrawn (that would need a host sync); its sides are clamped to the image.
 
     Shape:
         - Input: ``(B, C, H, W)``.
-        - Output: ``(B, C, H, W)``, and ``(B, 2, 3)`` matrices with
+        - Output: ``(B, C, H', W')``, and ``(B, 2, 3)`` matrices with
           ``return_matrices=True``.
 
     Example:
-        >>> aug = RandomAffine(degrees=30, translate=(0.1, 0.1), scale=(0.8, 1.2))
-        >>> views, matrices = aug(torch.rand(8, 3, 32, 32), return_matrices=True)
-        >>> torch.equal(views, invfast.affine_warp(images, matrices))  # doctest: +SKIP
+        >>> aug = RandomAffine(degrees=30, translate=(0.1, 0.1), scale=(0.8, 1.2), seed=0)
+        >>> images = torch.rand(8, 3, 32, 32)
+        >>> views, matrices = aug(images, return_matrices=True, step=3)
+        >>> torch.equal(views, invfast.affine_warp(images, matrices))
         True
     """
+
+    _DRAWS = 14
 
     def __init__(
         self,
@@ -77,10 +170,17 @@ class RandomAffine(nn.Module):
         hflip: float = 0.5,
         p: float = 1.0,
         *,
+        angles=None,
+        vflip: float = 0.0,
+        crop_scale=None,
+        crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
+        seed: int | None = None,
+        same_on_batch: bool = False,
+        size: tuple[int, int] | None = None,
         mode: str = "bilinear",
         padding_mode: str = "zeros",
         align_corners: bool = False,
-        fill: float = 0.0,
+        fill=0.0,
     ):
         super().__init__()
         self.degrees = _range("degrees", degrees)
@@ -100,12 +200,60 @@ class RandomAffine(nn.Module):
         else:
             self.shear = (_range("shear", shear), None)
         self.hflip = _probability("hflip", hflip)
+        self.vflip = _probability("vflip", vflip)
         self.p = _probability("p", p)
+        if angles is not None:
+            if (
+                not isinstance(angles, Sequence)
+                or len(angles) == 0
+                or not all(isinstance(a, numbers.Number) for a in angles)
+            ):
+                raise ValueError(f"angles must be a non-empty sequence of numbers, got {angles!r}")
+            angles = tuple(float(a) for a in angles)
+        self.angles = angles
+        self.crop_scale = _range("crop_scale", crop_scale, bounds=(0.0, 1.0))
+        if self.crop_scale is not None and self.crop_scale[0] <= 0:
+            raise ValueError(f"crop_scale must lie in (0, 1], got {crop_scale!r}")
+        self.crop_ratio = _range("crop_ratio", crop_ratio, bounds=(0.0, float("inf")))
+        if self.crop_ratio is None or self.crop_ratio[0] <= 0:
+            raise ValueError(f"crop_ratio must be a positive (min, max) pair, got {crop_ratio!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        self.seed = seed
+        self.same_on_batch = bool(same_on_batch)
+        if size is not None and not (
+            isinstance(size, Sequence) and len(size) == 2 and all(int(s) > 0 for s in size)
+        ):
+            raise ValueError(f"size must be two positive ints (H', W'), got {size!r}")
+        self.size = None if size is None else (int(size[0]), int(size[1]))
         self.mode, self.padding_mode = mode, padding_mode
         self.align_corners, self.fill = align_corners, fill
 
+    def _uniforms(self, B, device, generator, sample_ids, step):
+        n = self._DRAWS
+        if self.seed is not None:
+            if sample_ids is None:
+                sample_ids = torch.arange(B, device=device)
+            elif not isinstance(sample_ids, torch.Tensor) or sample_ids.shape != (B,):
+                raise ValueError(
+                    f"RandomAffine: sample_ids must be a tensor of shape ({B},), got "
+                    f"{getattr(sample_ids, 'shape', sample_ids)}"
+                )
+            ids = sample_ids.to(device)
+            if self.same_on_batch:
+                ids = ids[:1].expand(B)
+            return counter_uniform(self.seed, step, ids, n)
+        rows = 1 if self.same_on_batch else B
+        u = torch.rand(rows, n, generator=generator, device=device, dtype=torch.float64)
+        return u.expand(B, n)
+
     def sample_matrices(
-        self, images: torch.Tensor, *, generator: torch.Generator | None = None
+        self,
+        images: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        sample_ids: torch.Tensor | None = None,
+        step=0,
     ) -> torch.Tensor:
         """Draws one ``(2, 3)`` matrix per sample, float32 on the images' device."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
@@ -113,35 +261,65 @@ class RandomAffine(nn.Module):
                 f"RandomAffine: images must be (B, C, H, W), got {getattr(images, 'shape', images)}"
             )
         B, _, H, W = images.shape
-        u = torch.rand(B, 8, generator=generator, device=images.device, dtype=torch.float32)
+        Ho, Wo = (H, W) if self.size is None else self.size
+        device = images.device
+        u = self._uniforms(B, device, generator, sample_ids, step)
+        f64 = dict(device=device, dtype=torch.float64)
 
         def draw(col, rng, default):
             if rng is None:
-                return torch.full((B,), default, device=images.device)
+                return torch.full((B,), default, **f64)
             return rng[0] + (rng[1] - rng[0]) * u[:, col]
 
         angle = draw(0, self.degrees, 0.0)
+        if self.angles is not None:
+            choices = torch.tensor(self.angles, **f64)
+            pick = (u[:, 1] * len(self.angles)).long().clamp_(max=len(self.angles) - 1)
+            angle = angle + choices[pick]
         if self.translate is not None:
-            tx = (2 * u[:, 1] - 1) * (self.translate[0] * W)
-            ty = (2 * u[:, 2] - 1) * (self.translate[1] * H)
+            tx = (2 * u[:, 2] - 1) * (self.translate[0] * Wo)
+            ty = (2 * u[:, 3] - 1) * (self.translate[1] * Ho)
         else:
-            tx = ty = torch.zeros(B, device=images.device)
-        scale = draw(3, self.scale, 1.0)
-        shear = torch.stack([draw(4, self.shear[0], 0.0), draw(5, self.shear[1], 0.0)], dim=-1)
-        flip = u[:, 6] < self.hflip
+            tx = ty = torch.zeros(B, **f64)
+        scale = draw(4, self.scale, 1.0)
+        shear = torch.stack([draw(5, self.shear[0], 0.0), draw(6, self.shear[1], 0.0)], dim=-1)
         matrices = geometry.affine_matrices(
-            H,
-            W,
+            Ho,
+            Wo,
             angle=angle,
             translate=torch.stack([tx, ty], dim=-1),
             scale=scale,
             shear=shear,
-            hflip=flip,
+            hflip=u[:, 7] < self.hflip,
+            vflip=u[:, 8] < self.vflip,
         )
+        if self.crop_scale is not None:
+            crop = self._crop_matrices(u[:, 10:14], H, W, Ho, Wo)
+            matrices = geometry.compose(crop, matrices)[:, :2]
         if self.p < 1.0:
-            identity = torch.eye(2, 3, device=images.device).expand_as(matrices)
-            matrices = torch.where((u[:, 7] < self.p)[:, None, None], matrices, identity)
-        return matrices
+            identity = torch.eye(2, 3, **f64).expand_as(matrices)
+            matrices = torch.where((u[:, 9] < self.p)[:, None, None], matrices, identity)
+        return matrices.to(torch.float32)
+
+    def _crop_matrices(self, u, H, W, Ho, Wo):
+        """Maps a random crop box of the input onto the whole (Ho, Wo) output."""
+        area = (self.crop_scale[0] + (self.crop_scale[1] - self.crop_scale[0]) * u[:, 0]) * (H * W)
+        lo, hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
+        ratio = torch.exp(lo + (hi - lo) * u[:, 1])
+        w = torch.sqrt(area * ratio).clamp(max=W)
+        h = torch.sqrt(area / ratio).clamp(max=H)
+        x0 = (W - w) * u[:, 2]
+        y0 = (H - h) * u[:, 3]
+        # Output pixel centre u reads input x = x0 + (u + 0.5) w / Wo - 0.5.
+        sx, sy = Wo / w, Ho / h
+        zero = torch.zeros_like(sx)
+        return torch.stack(
+            [
+                torch.stack([sx, zero, (0.5 - x0) * sx - 0.5], dim=-1),
+                torch.stack([zero, sy, (0.5 - y0) * sy - 0.5], dim=-1),
+            ],
+            dim=-2,
+        )
 
     def forward(
         self,
@@ -149,8 +327,22 @@ class RandomAffine(nn.Module):
         *,
         generator: torch.Generator | None = None,
         return_matrices: bool = False,
+        sample_ids: torch.Tensor | None = None,
+        step=0,
     ):
-        matrices = self.sample_matrices(images, generator=generator)
+        """Warps ``images`` (Tensor[B, C, H, W]) by freshly drawn matrices.
+
+        Args:
+            images (Tensor[B, C, H, W]): any dtype and layout :func:`affine_warp` takes.
+            generator (torch.Generator, optional): for ``torch.rand`` when ``seed`` is None.
+            return_matrices (bool): also return the ``(B, 2, 3)`` float32 matrices.
+            sample_ids (Tensor[B], int64, optional): the samples' global indices,
+                for the counter-based generator. Default: ``arange(B)``.
+            step (int or Tensor[]): the training step, for the counter-based generator.
+        """
+        matrices = self.sample_matrices(
+            images, generator=generator, sample_ids=sample_ids, step=step
+        )
         views = functional.affine_warp(
             images,
             matrices,
@@ -158,12 +350,14 @@ class RandomAffine(nn.Module):
             padding_mode=self.padding_mode,
             align_corners=self.align_corners,
             fill=self.fill,
+            size=self.size,
         )
         return (views, matrices) if return_matrices else views
 
     def extra_repr(self) -> str:
         return (
             f"degrees={self.degrees}, translate={self.translate}, scale={self.scale}, "
-            f"shear={self.shear}, hflip={self.hflip}, p={self.p}, mode={self.mode!r}, "
-            f"padding_mode={self.padding_mode!r}"
+            f"shear={self.shear}, hflip={self.hflip}, vflip={self.vflip}, p={self.p}, "
+            f"angles={self.angles}, crop_scale={self.crop_scale}, seed={self.seed}, "
+            f"mode={self.mode!r}, padding_mode={self.padding_mode!r}"
         )

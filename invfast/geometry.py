@@ -66,13 +66,29 @@ def compose(*matrices: torch.Tensor) -> torch.Tensor:
 
 
 def transform_points(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Moves points ``(B, N, 2)`` (x, y in pixels) where the warp moves their pixels."""
+    """Moves points where the warp moves their pixels.
+
+    Args:
+        matrices (Tensor[B, 2|3, 3] or Tensor[K, B, 2|3, 3]): the warp's matrices.
+        points (Tensor[B, N, 2]): (x, y) in input pixels (column, row).
+
+    Returns:
+        Tensor[B, N, 2] (or Tensor[K, B, N, 2]): where each point lands in the output.
+    """
     m = as_3x3(matrices).to(points.dtype)
     return points @ m[..., :2, :2].transpose(-1, -2) + m[..., None, :2, 2]
 
 
 def transform_boxes(matrices: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Axis-aligned boxes ``(B, N, 4)`` as (x1, y1, x2, y2) that enclose the moved boxes."""
+    """Axis-aligned boxes that enclose the moved boxes.
+
+    Args:
+        matrices (Tensor[B, 2|3, 3] or Tensor[K, B, 2|3, 3]): the warp's matrices.
+        boxes (Tensor[B, N, 4]): (x1, y1, x2, y2) in input pixels.
+
+    Returns:
+        Tensor[B, N, 4] (or Tensor[K, B, N, 4]).
+    """
     x1, y1, x2, y2 = boxes.unbind(-1)
     corners = torch.stack(
         [torch.stack(c, dim=-1) for c in ((x1, y1), (x2, y1), (x1, y2), (x2, y2))], dim=-2
@@ -91,11 +107,12 @@ def affine_matrices(
     scale: torch.Tensor,
     shear: torch.Tensor,
     hflip: torch.Tensor,
+    vflip: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Matrices ``(B, 2, 3)`` that flip, scale, shear, rotate and shift about the centre.
 
-    The order is: horizontal flip, scale, shear, rotation, then translation,
-    all about the image centre ``((width - 1) / 2, (height - 1) / 2)``.
+    The order is: flips, scale, shear, rotation, then translation, all about
+    the image centre ``((width - 1) / 2, (height - 1) / 2)``.
 
     Args:
         angle (Tensor[B]): rotation in degrees, counter-clockwise as seen on screen.
@@ -103,6 +120,7 @@ def affine_matrices(
         scale (Tensor[B]): zoom factor; above 1 enlarges.
         shear (Tensor[B, 2]): shear angles in degrees along x and along y.
         hflip (Tensor[B], bool): mirror left-right first.
+        vflip (Tensor[B], bool, optional): mirror top-bottom first.
     """
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
     rad = angle * (math.pi / 180.0)
@@ -110,9 +128,10 @@ def affine_matrices(
     shx = torch.tan(shear[:, 0] * (math.pi / 180.0))
     shy = torch.tan(shear[:, 1] * (math.pi / 180.0))
     flip = torch.where(hflip, -1.0, 1.0).to(angle.dtype)
-    # Linear part L = R(angle) @ Shear @ diag(scale * flip, scale).
+    vf = 1.0 if vflip is None else torch.where(vflip, -1.0, 1.0).to(angle.dtype)
+    # Linear part L = R(angle) @ Shear @ diag(scale * flip, scale * vf).
     # R is [[cos, sin], [-sin, cos]]: counter-clockwise with y pointing down.
-    s00, s01, s10, s11 = scale * flip, scale * shx, scale * shy * flip, scale
+    s00, s01, s10, s11 = scale * flip, scale * shx * vf, scale * shy * flip, scale * vf
     l00 = cos * s00 + sin * s10
     l01 = cos * s01 + sin * s11
     l10 = -sin * s00 + cos * s10

@@ -11,7 +11,7 @@ from conftest import DEVICES, TOLERANCES, assert_close
 import invfast
 from invfast import _ops, geometry, reference
 
-MODES = ["bilinear", "nearest"]
+MODES = ["bilinear", "nearest", "bicubic"]
 PADDINGS = ["zeros", "border", "reflection", "fill"]
 
 needs_kernels = pytest.mark.skipif(
@@ -259,21 +259,14 @@ class TestGradients:
         )
         assert_close(got, expected, 1e-5, 1e-5, "grad images")
 
-    def test_matrix_gradient_uses_reference(self):
+    def test_matrix_gradient_runs_in_the_kernel(self):
         x = images_like(2, 1, 8, 8)
         m = random_matrices(2, 8, 8, seed=1, strength=0.2).requires_grad_()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("error")  # no fallback to the reference
             y = invfast.affine_warp(x, m)
         y.sum().backward()
         assert m.grad is not None and torch.isfinite(m.grad).all()
-
-    def test_op_refuses_matrix_gradient(self):
-        x = images_like(1, 1, 4, 4).requires_grad_()
-        m = torch.eye(2, 3).unsqueeze(0).requires_grad_()
-        y = torch.ops.invfast.affine_warp(x, m, "bilinear", "zeros", False, 0.0, [4, 4])
-        with pytest.raises(RuntimeError, match="no gradient with respect to matrices"):
-            y.sum().backward()
 
     @pytest.mark.parametrize("device", DEVICES)
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -281,12 +274,12 @@ class TestGradients:
     def test_opcheck(self, device, dtype, padding_mode):
         x = images_like(2, 3, 7, 9, dtype=dtype, device=device).requires_grad_()
         m = random_matrices(2, 7, 9, seed=6).to(device)
-        args = (x, m, "bilinear", padding_mode, False, 0.5, [6, 10])
+        args = (x, m, "bilinear", padding_mode, False, [0.5], [6, 10])
         torch.library.opcheck(torch.ops.invfast.affine_warp.default, args)
         out = torch.empty(2, 3, 6, 10, dtype=dtype, device=device)
         torch.library.opcheck(
             torch.ops.invfast.affine_warp_out.default,
-            (x.detach(), m, "nearest", padding_mode, True, 0.5, out),
+            (x.detach(), m, "nearest", padding_mode, True, [0.5], out),
         )
         cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
         torch.library.opcheck(torch.ops.invfast.affine_warp.default, (cl, *args[1:]))
@@ -377,6 +370,10 @@ class TestErrors:
             (dict(images=x.int()), TypeError, "images must be float32"),
             (dict(matrices=m.int()), TypeError, "matrices must be a floating-point"),
             (dict(mode="bicubicle"), ValueError, "mode must be one of"),
+            (dict(matrices=m.expand(3, 2, 2, 3)[:, :1]), ValueError, "one matrix per image"),
+            (dict(matrices=m[None, None]), ValueError, "matrices must be \\(B, 2, 3\\)"),
+            (dict(fill=[1.0, 2.0]), ValueError, "fill must be one number or C"),
+            (dict(out_dtype=torch.int32), TypeError, "out_dtype must be"),
             (dict(padding_mode="wrap"), ValueError, "padding_mode must be one of"),
             (dict(size=(4,)), ValueError, "size must be two"),
             (dict(size=(-1, 4)), ValueError, "size must be two"),
@@ -395,18 +392,32 @@ class TestErrors:
         x = torch.rand(2, 3, 8, 8)
         m = torch.eye(2, 3).expand(2, 2, 3)
         op = torch.ops.invfast.affine_warp
-        with pytest.raises(RuntimeError, match="mode must be 'bilinear' or 'nearest'"):
-            op(x, m, "cubic", "zeros", False, 0.0, [8, 8])
+        f = [0.0]
+        with pytest.raises(RuntimeError, match="mode must be 'bilinear', 'nearest' or 'bicubic'"):
+            op(x, m, "cubic", "zeros", False, f, [8, 8])
         with pytest.raises(RuntimeError, match="padding_mode must be"):
-            op(x, m, "bilinear", "wrap", False, 0.0, [8, 8])
+            op(x, m, "bilinear", "wrap", False, f, [8, 8])
         with pytest.raises(RuntimeError, match="matrices must be"):
-            op(x, m[:, :, :2], "bilinear", "zeros", False, 0.0, [8, 8])
+            op(x, m[:, :, :2], "bilinear", "zeros", False, f, [8, 8])
         with pytest.raises(RuntimeError, match="one matrix per image"):
-            op(x, m[:1], "bilinear", "zeros", False, 0.0, [8, 8])
+            op(x, m[:1], "bilinear", "zeros", False, f, [8, 8])
         with pytest.raises(RuntimeError, match="size must be"):
-            op(x, m, "bilinear", "zeros", False, 0.0, [8, -8])
-        with pytest.raises(RuntimeError, match="images must be float"):
-            op(x.to(torch.int32), m, "bilinear", "zeros", False, 0.0, [8, 8])
+            op(x, m, "bilinear", "zeros", False, f, [8, -8])
+        with pytest.raises(RuntimeError, match="images must be uint8, float16"):
+            op(x.to(torch.int32), m, "bilinear", "zeros", False, f, [8, 8])
+        with pytest.raises(RuntimeError, match="fill must hold 1 or C"):
+            op(x, m, "bilinear", "fill", False, [1.0, 2.0], [8, 8])
+        with pytest.raises(RuntimeError, match="float64 goes with float64"):
+            op(x.double(), m, "bilinear", "zeros", False, f, [8, 8], torch.float32)
+        norm = torch.ops.invfast.warp_normalize
+        xb = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+        mean = torch.zeros(3)
+        with pytest.raises(RuntimeError, match="images must be uint8"):
+            norm(x, m, mean, mean + 1, "bilinear", "zeros", False, f, [8, 8], torch.float32)
+        with pytest.raises(RuntimeError, match="std must hold C"):
+            norm(xb, m, mean, mean[:2], "bilinear", "zeros", False, f, [8, 8], torch.float32)
+        with pytest.raises(RuntimeError, match="out_dtype must be float32"):
+            norm(xb, m, mean, mean + 1, "bilinear", "zeros", False, f, [8, 8], torch.uint8)
 
 
 class TestBackend:
@@ -423,7 +434,9 @@ class TestBackend:
         xb = (x * 255).round().to(torch.uint8)
         y = invfast.affine_warp(xb, m)
         assert y.dtype == torch.uint8
-        assert_close(y, reference.affine_warp(xb.float(), m).round().clamp(0, 255), 0, 0, "uint8")
+        expected = reference.affine_warp(xb.float(), m).round().clamp(0, 255)
+        # A value within rounding of a .5 tie may round either way.
+        assert (y.double() - expected.double()).abs().max() <= 1
 
     def test_backend_info(self):
         info = invfast.backend_info()
@@ -433,7 +446,8 @@ class TestBackend:
             assert info["built_for_torch"] == torch.__version__.split("+")[0]
             if info["built_for_cuda"] != "none":
                 # Built with nvcc: the dispatcher must hold the CUDA kernels.
-                for op in ("affine_warp", "affine_warp_out", "affine_warp_backward"):
+                ops = ("affine_warp", "affine_warp_out", "affine_warp_backward", "warp_normalize")
+                for op in ops:
                     assert _ops.has_kernel(op, "cuda"), op
 
 
@@ -500,3 +514,348 @@ def test_geometry_helpers():
     assert torch.equal(geometry.transform_boxes(shift, boxes), torch.tensor([[[2.0, 3, 6, 8]]]))
     rot = torch.tensor([[[0.0, 1, 0], [-1, 0, 8]]])
     assert math.isclose(geometry.transform_boxes(rot, boxes)[0, 0, 2].item(), 5.0)
+
+
+# ---------------------------------------------------------------------------
+# dtypes, layouts, output dtypes, multi-view, fill per channel, normalising warp.
+
+IN_DTYPES = [torch.uint8, torch.float16, torch.bfloat16, torch.float32]
+LAYOUTS = ["nchw", "channels_last"]
+
+
+def in_layout(x, layout):
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+
+
+def typed_images(B, C, H, W, dtype, device, seed=0):
+    x = images_like(B, C, H, W, seed=seed, device=device)
+    if dtype == torch.uint8:
+        return (x * 255).round().to(torch.uint8)
+    return x.to(dtype)
+
+
+def expected_warp(x, m, out_dtype, **kw):
+    """The float64 reference, rounded (uint8) or cast to out_dtype."""
+    y = reference.affine_warp(x.double(), m.double(), **kw)
+    if out_dtype == torch.uint8:
+        return y.round().clamp(0, 255)
+    return y.to(out_dtype).double()
+
+
+def check_warp(got, expected, mode, out_dtype, scale, what):
+    got = got.double().cpu()
+    expected = expected.cpu()
+    if out_dtype == torch.uint8:
+        diff = (got - expected).abs()
+        # A value within rounding of a .5 tie may round either way; nearest
+        # taps within rounding of a tie may pick the neighbour.
+        assert diff.max() <= (255 if mode == "nearest" else 1), what
+        assert (diff > 1).float().mean() < 0.002, what
+        return
+    atol, rtol = TOLERANCES[out_dtype]
+    if out_dtype == torch.float32:
+        atol = 2e-5
+    if mode == "nearest":
+        differ = (got - expected).abs() > atol * scale + rtol * expected.abs()
+        assert differ.float().mean() < 0.002, f"{what}: {int(differ.sum())} nearest pixels differ"
+    else:
+        assert_close(got, expected, atol * scale, rtol, what)
+
+
+@needs_kernels
+class TestDtypesAndLayouts:
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("dtype", IN_DTYPES)
+    @pytest.mark.parametrize("out_dtype", [None, torch.uint8, torch.float32])
+    @pytest.mark.parametrize("layout", LAYOUTS)
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("padding_mode", PADDINGS)
+    def test_against_reference(self, device, dtype, out_dtype, layout, mode, padding_mode):
+        x = in_layout(typed_images(2, 3, 11, 14, dtype, device), layout)
+        m = random_matrices(2, 11, 14, seed=7).to(device)
+        scale = 255.0 if dtype == torch.uint8 else 1.0
+        fill = [0.3 * scale, 0.5 * scale, 0.9 * scale]
+        kw = dict(mode=mode, padding_mode=padding_mode, fill=fill, size=(9, 16))
+        got = invfast.affine_warp(x, m, out_dtype=out_dtype, **kw)
+        odt = dtype if out_dtype is None else out_dtype
+        assert got.dtype == odt and got.shape == (2, 3, 9, 16)
+        if layout == "channels_last":
+            assert got.is_contiguous(memory_format=torch.channels_last)
+        expected = expected_warp(x, m, odt, **kw)
+        check_warp(got, expected, mode, odt, scale, f"{dtype}->{odt} {layout}")
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("layout", LAYOUTS)
+    def test_uint8_rounds_to_nearest_and_saturates(self, device, layout):
+        # A half-pixel shift averages neighbours: (10 + 11) / 2 = 10.5 -> 10 and
+        # (11 + 12) / 2 = 11.5 -> 12 (ties to even, as torch.round).
+        x = torch.tensor([[[[10, 11, 12, 13]]]], dtype=torch.uint8, device=device)
+        m = torch.tensor([[[1.0, 0.0, -0.5], [0.0, 1.0, 0.0]]], device=device)
+        y = invfast.affine_warp(in_layout(x, layout), m, padding_mode="border")
+        assert y[0, 0, 0].tolist() == [10, 12, 12, 13]
+        # Bicubic overshoots at a 0 -> 255 step: below 0 and above 255 saturate.
+        step = torch.tensor([0, 0, 0, 255, 255, 255], dtype=torch.uint8, device=device)
+        x = step.view(1, 1, 1, 6).expand(1, 3, 4, 6).contiguous()
+        m = torch.tensor([[[1.0, 0.0, 0.3], [0.0, 1.0, 0.0]]], device=device)
+        kw = dict(mode="bicubic", padding_mode="border")
+        y = invfast.affine_warp(in_layout(x, layout), m, **kw)
+        f = invfast.affine_warp(x.float(), m, **kw)
+        assert f.min() < -1 and f.max() > 256  # the float result overshoots
+        assert torch.equal(y, f.round().clamp(0, 255).to(torch.uint8))
+        assert y.min() == 0 and y.max() == 255
+        # float -> uint8 output saturates too, and NaN becomes 0.
+        x = torch.tensor([[[[-7.0, 300.0, float("nan"), 254.5]]]], device=device)
+        y = invfast.affine_warp(x, torch.eye(2, 3, device=device)[None], out_dtype=torch.uint8)
+        assert y[0, 0, 0].tolist() == [0, 255, 0, 254]
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_per_channel_fill(self, device):
+        x = images_like(2, 3, 8, 9, device=device)
+        m = torch.tensor([[1.0, 0.0, 20.0], [0.0, 1.0, 0.0]], device=device).expand(2, 2, 3)
+        fill = torch.tensor([0.1, 0.2, 0.3])
+        for value in (fill, fill.tolist(), tuple(fill.tolist())):
+            y = invfast.affine_warp(x, m, padding_mode="fill", fill=value)
+            assert torch.equal(y, fill.to(device).view(1, 3, 1, 1).expand_as(y))
+        # fill counts only for padding "fill".
+        assert (invfast.affine_warp(x, m, fill=fill) == 0).all()
+
+
+@needs_kernels
+class TestMultiView:
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("dtype", IN_DTYPES + [torch.float64])
+    @pytest.mark.parametrize("layout", LAYOUTS)
+    @pytest.mark.parametrize("mode", MODES)
+    def test_equals_single_calls_exactly(self, device, dtype, layout, mode):
+        K, B = 3, 4
+        x = in_layout(typed_images(B, 3, 13, 10, dtype, device), layout)
+        m = torch.stack([random_matrices(B, 13, 10, seed=s) for s in range(K)]).to(device)
+        m[1, 2] = torch.eye(2, 3)  # an untouched sample among the views
+        kw = dict(mode=mode, padding_mode="reflection", size=(12, 17))
+        views = invfast.affine_warp(x, m, **kw)
+        assert views.shape == (K, B, 3, 12, 17)
+        for k in range(K):
+            assert torch.equal(views[k], invfast.affine_warp(x, m[k], **kw)), k
+        out = torch.empty_like(views)
+        invfast.affine_warp(x, m, out=out, **kw)
+        assert torch.equal(out, views)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("nhwc", [False, True])
+    def test_normalize_equals_single_calls_exactly(self, device, nhwc):
+        x = typed_images(3, 3, 12, 15, torch.uint8, device)
+        if nhwc:
+            x = x.permute(0, 2, 3, 1).contiguous()
+        m = torch.stack([random_matrices(3, 12, 15, seed=s) for s in range(2)]).to(device)
+        kw = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], nhwc=nhwc)
+        views = invfast.warp_normalize(x, m, **kw)
+        assert views.shape == (2, 3, 3, 12, 15) and views.is_contiguous()
+        for k in range(2):
+            assert torch.equal(views[k], invfast.warp_normalize(x, m[k], **kw))
+
+    def test_geometry_helpers_take_views(self):
+        m = torch.stack([random_matrices(3, 10, 10, seed=s, dtype=torch.float64) for s in (1, 2)])
+        pts = torch.rand(3, 5, 2, dtype=torch.float64) * 10
+        moved = geometry.transform_points(m, pts)
+        assert moved.shape == (2, 3, 5, 2)
+        assert torch.equal(moved[1], geometry.transform_points(m[1], pts))
+        boxes = torch.tensor([[[1.0, 2.0, 5.0, 7.0]]], dtype=torch.float64).expand(3, 1, 4)
+        assert geometry.transform_boxes(m, boxes).shape == (2, 3, 1, 4)
+        assert_close(
+            geometry.compose(m, geometry.invert(m)), torch.eye(3).expand(2, 3, 3, 3), 1e-12, 0
+        )
+
+
+@needs_kernels
+class TestWarpNormalize:
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("nhwc", [False, True])
+    @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("padding_mode", PADDINGS)
+    def test_against_warp_then_normalise(self, device, nhwc, out_dtype, mode, padding_mode):
+        x = typed_images(2, 3, 14, 11, torch.uint8, device)
+        m = random_matrices(2, 14, 11, seed=3).to(device)
+        mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        fill = [10.0, 128.0, 250.0]
+        kw = dict(mode=mode, padding_mode=padding_mode, fill=fill, size=(13, 12))
+        src = x.permute(0, 2, 3, 1).contiguous() if nhwc else x
+        got = invfast.warp_normalize(src, m, mean, std, nhwc=nhwc, out_dtype=out_dtype, **kw)
+        assert got.dtype == out_dtype and got.is_contiguous() and got.shape == (2, 3, 13, 12)
+        warped = invfast.affine_warp(x, m, out_dtype=torch.float32, **kw)
+        mt = torch.tensor(mean, device=device).view(3, 1, 1)
+        st = torch.tensor(std, device=device).view(3, 1, 1)
+        expected = ((warped.float() / 255 - mt) / st).to(out_dtype)
+        atol, rtol = (1e-5, 1e-5) if out_dtype == torch.float32 else TOLERANCES[out_dtype]
+        assert_close(got, expected, atol * 4, rtol, "warp_normalize")
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_padding_is_the_normalised_fill(self, device):
+        x = torch.full((1, 3, 5, 5), 7, dtype=torch.uint8, device=device)
+        m = torch.tensor([[[1.0, 0.0, 50.0], [0.0, 1.0, 0.0]]], device=device)
+        mean, std = [0.5, 0.25, 0.0], [0.5, 0.25, 1.0]
+        y = invfast.warp_normalize(x, m, mean, std)
+        assert_close(y[0, :, 0, 0], -torch.tensor(mean) / torch.tensor(std), 1e-6, 0)
+        y = invfast.warp_normalize(x, m, mean, std, padding_mode="fill", fill=[255, 0, 51])
+        assert_close(y[0, :, 0, 0], torch.tensor([1.0, -1.0, 0.2]), 1e-6, 0)
+
+    def test_errors_name_the_argument(self):
+        x = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+        m = torch.eye(2, 3).expand(2, 2, 3)
+        mean, std = [0.5] * 3, [0.2] * 3
+        with pytest.raises(TypeError, match="images must be uint8"):
+            invfast.warp_normalize(x.float(), m, mean, std)
+        with pytest.raises(ValueError, match="mean must hold C \\(3\\) values"):
+            invfast.warp_normalize(x, m, [0.5, 0.5], std)
+        with pytest.raises(ValueError, match="std must hold C \\(3\\) values"):
+            invfast.warp_normalize(x, m, mean, torch.ones(4))
+        with pytest.raises(ValueError, match="images must be \\(B, H, W, C\\)"):
+            invfast.warp_normalize(x[0], m, mean, std, nhwc=True)
+        with pytest.raises(ValueError, match="one matrix per image"):
+            invfast.warp_normalize(x, m[:1], mean, std)
+        with pytest.raises(ValueError, match="one matrix per image"):
+            invfast.warp_normalize(x, m.expand(2, 2, 2, 3)[:, :1], mean, std)
+        with pytest.raises(TypeError, match="out_dtype must be float32"):
+            invfast.warp_normalize(x, m, mean, std, out_dtype=torch.uint8)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_opcheck(self, device):
+        x = typed_images(2, 3, 7, 9, torch.uint8, device)
+        m = random_matrices(2, 7, 9, seed=6).to(device)
+        mean = torch.tensor([0.4, 0.5, 0.6], device=device)
+        std = torch.tensor([0.2, 0.3, 0.25], device=device)
+        for mats, xx in ((m, x), (torch.stack([m, m.flip(0)]), in_layout(x, "channels_last"))):
+            args = (xx, mats, "bilinear", "fill", False, [3.0, 4.0, 5.0], [6, 10], torch.float32)
+            torch.library.opcheck(
+                torch.ops.invfast.warp_normalize.default, (xx, mats, mean, std, *args[2:])
+            )
+
+
+@needs_kernels
+class TestNewOpchecks:
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("mode", MODES)
+    def test_affine_warp_variants(self, device, mode):
+        x = images_like(2, 3, 7, 9, device=device).requires_grad_()
+        m = random_matrices(2, 7, 9, seed=6).to(device).requires_grad_()
+        mk = torch.stack([m.detach(), m.detach().flip(0)]).requires_grad_()
+        f = [0.1, 0.2, 0.3]
+        op = torch.ops.invfast.affine_warp.default
+        torch.library.opcheck(op, (x, m, mode, "fill", False, f, [6, 10]))
+        torch.library.opcheck(op, (x, mk, mode, "reflection", True, f, [6, 10]))
+        xb = typed_images(2, 3, 7, 9, torch.uint8, device)
+        torch.library.opcheck(
+            op, (xb, m.detach(), mode, "zeros", False, [0.0], [5, 5], torch.float32)
+        )
+        torch.library.opcheck(
+            op, (x.detach().half(), mk.detach(), mode, "border", False, [0.0], [5, 5], torch.uint8)
+        )
+        out = torch.empty(2, 2, 3, 6, 10, device=device)
+        torch.library.opcheck(
+            torch.ops.invfast.affine_warp_out.default,
+            (x.detach(), mk.detach(), mode, "fill", False, f, out),
+        )
+        g = torch.randn(2, 2, 3, 6, 10, device=device)
+        torch.library.opcheck(
+            torch.ops.invfast.affine_warp_backward.default,
+            (g, x.detach(), mk.detach(), mode, "zeros", False, [0.0], [7, 9], True),
+        )
+
+
+# ---------------------------------------------------------------------------
+# Gradients with respect to the matrices; deterministic backward.
+
+
+@needs_kernels
+class TestMatrixGradients:
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("padding_mode", PADDINGS)
+    @pytest.mark.parametrize("align_corners", [False, True])
+    def test_gradcheck(self, device, mode, padding_mode, align_corners):
+        x = images_like(2, 2, 6, 7, dtype=torch.float64, device=device).requires_grad_()
+        m = random_matrices(2, 6, 7, seed=4, strength=0.3, dtype=torch.float64).to(device)
+        m = m.requires_grad_()
+        kw = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+
+        def f(x, m):
+            return invfast.affine_warp(x, m, fill=[0.7, -0.2], size=(5, 8), **kw)
+
+        assert torch.autograd.gradcheck(f, (x, m), eps=1e-6, atol=1e-6)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+    def test_gradcheck_views(self, device, mode):
+        x = images_like(2, 2, 6, 7, dtype=torch.float64, device=device).requires_grad_()
+        m = torch.stack(
+            [random_matrices(2, 6, 7, seed=s, strength=0.3, dtype=torch.float64) for s in (1, 2)]
+        )
+        m = m.to(device).requires_grad_()
+        f = lambda x, m: invfast.affine_warp(x, m, mode=mode, padding_mode="border")  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x, m), eps=1e-6, atol=1e-6)
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("padding_mode", PADDINGS)
+    def test_matches_reference_fp32(self, device, padding_mode):
+        x = images_like(3, 3, 20, 17, device=device)
+        m = random_matrices(3, 20, 17, seed=8).to(device).requires_grad_()
+        g = images_like(3, 3, 15, 22, seed=1, device=device)
+        kw = dict(padding_mode=padding_mode, size=(15, 22), fill=0.4)
+        (got,) = torch.autograd.grad(invfast.affine_warp(x, m, **kw), m, g)
+        mr = m.detach().double().requires_grad_()
+        (expected,) = torch.autograd.grad(
+            reference.affine_warp(x.double(), mr, **kw), mr, g.double()
+        )
+        assert_close(got, expected, 2e-3, 1e-3, "grad matrices")
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("mode", MODES)
+    @pytest.mark.parametrize("padding_mode", PADDINGS)
+    def test_deterministic_backward_is_bitwise_repeatable(self, device, mode, padding_mode):
+        x = images_like(3, 3, 19, 23, device=device).requires_grad_()
+        m = torch.stack([random_matrices(3, 19, 23, seed=s) for s in (5, 6)]).to(device)
+        m = m.requires_grad_()
+        g = images_like(2 * 3, 3, 17, 21, seed=2, device=device).view(2, 3, 3, 17, 21)
+        kw = dict(mode=mode, padding_mode=padding_mode, size=(17, 21), fill=0.3)
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            runs = [
+                torch.autograd.grad(invfast.affine_warp(x, m, **kw), (x, m), g) for _ in range(2)
+            ]
+        finally:
+            torch.use_deterministic_algorithms(previous)
+        assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+        xr = x.detach().double().requires_grad_()
+        (expected,) = torch.autograd.grad(
+            reference.affine_warp(xr, m.detach().double(), **kw), xr, g.double()
+        )
+        assert_close(runs[0][0], expected, 1e-4, 1e-4, "deterministic grad images")
+
+
+# ---------------------------------------------------------------------------
+# Keypoints land where the warp moves their pixels.
+
+
+@needs_kernels
+@pytest.mark.parametrize("device", DEVICES)
+def test_keypoints_follow_the_warp(device):
+    B, H, W = 16, 31, 37
+    g = torch.Generator().manual_seed(3)
+    pts = torch.stack(
+        [torch.randint(8, W - 8, (B,), generator=g), torch.randint(8, H - 8, (B,), generator=g)], -1
+    )
+    x = torch.zeros(B, 1, H, W, device=device)
+    x[torch.arange(B), 0, pts[:, 1], pts[:, 0]] = 1.0
+    aug = invfast.RandomAffine(
+        degrees=180, translate=(0.1, 0.1), scale=(1.0, 1.3), shear=5, hflip=0.5, vflip=0.5, seed=1
+    )
+    views, m = aug(x, return_matrices=True)
+    moved = geometry.transform_points(m, pts[:, None].double().to(device))[:, 0]
+    # The output pixel nearest the moved point reads the bright pixel, and it
+    # is the brightest one or next to it.
+    q = moved.round().long()
+    assert (views[torch.arange(B), 0, q[:, 1], q[:, 0]] > 0).all()
+    peak = views.flatten(1).argmax(1)
+    got = torch.stack([peak % W, peak // W], -1).double()
+    assert ((got - moved).abs() <= 1.0).all(), (got, moved)

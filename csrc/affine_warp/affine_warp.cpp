@@ -6,15 +6,17 @@
 namespace invfast {
 namespace warp {
 
-Options parse_options(c10::string_view mode, c10::string_view padding_mode, bool align_corners,
-                      double fill) {
+Options parse_options(const char* op, c10::string_view mode, c10::string_view padding_mode,
+                      bool align_corners) {
   Options opt{};
   if (mode == "bilinear") {
     opt.mode = Interp::Bilinear;
   } else if (mode == "nearest") {
     opt.mode = Interp::Nearest;
+  } else if (mode == "bicubic") {
+    opt.mode = Interp::Bicubic;
   } else {
-    TORCH_CHECK(false, "affine_warp: mode must be 'bilinear' or 'nearest', got '", mode, "'");
+    TORCH_CHECK(false, op, ": mode must be 'bilinear', 'nearest' or 'bicubic', got '", mode, "'");
   }
   if (padding_mode == "zeros") {
     opt.padding = Padding::Zeros;
@@ -25,30 +27,48 @@ Options parse_options(c10::string_view mode, c10::string_view padding_mode, bool
   } else if (padding_mode == "fill") {
     opt.padding = Padding::Fill;
   } else {
-    TORCH_CHECK(false,
-                "affine_warp: padding_mode must be 'zeros', 'border', 'reflection' or 'fill', "
-                "got '",
+    TORCH_CHECK(false, op,
+                ": padding_mode must be 'zeros', 'border', 'reflection' or 'fill', got '",
                 padding_mode, "'");
   }
   opt.align_corners = align_corners;
-  opt.fill = opt.padding == Padding::Fill ? fill : 0.0;
   return opt;
 }
 
-void check_inputs(const char* op, const at::Tensor& images, const at::Tensor& matrices) {
+Views check_inputs(const char* op, const at::Tensor& images, const at::Tensor& matrices) {
   TORCH_CHECK(images.dim() == 4, op, ": images must be (B, C, H, W), got shape ", images.sizes());
-  TORCH_CHECK(matrices.dim() == 3 && matrices.size(1) >= 2 && matrices.size(1) <= 3 &&
-                  matrices.size(2) == 3,
-              op, ": matrices must be (B, 2, 3) or (B, 3, 3), got shape ", matrices.sizes());
-  TORCH_CHECK(matrices.size(0) == images.size(0), op, ": matrices must have one matrix per image (",
-              images.size(0), "), got ", matrices.size(0));
-  TORCH_CHECK(at::isFloatingType(images.scalar_type()), op,
-              ": images must be float32, float64, float16 or bfloat16, got ", images.scalar_type());
+  const int64_t md = matrices.dim();
+  TORCH_CHECK((md == 3 || md == 4) && matrices.size(md - 2) >= 2 && matrices.size(md - 2) <= 3 &&
+                  matrices.size(md - 1) == 3,
+              op,
+              ": matrices must be (B, 2, 3), (B, 3, 3), (K, B, 2, 3) or (K, B, 3, 3), got shape ",
+              matrices.sizes());
+  TORCH_CHECK(matrices.size(md - 3) == images.size(0), op,
+              ": matrices must have one matrix per image (", images.size(0), ") in dim ", md - 3,
+              ", got ", matrices.size(md - 3));
+  const auto dtype = images.scalar_type();
+  TORCH_CHECK(dtype == at::kByte || dtype == at::kHalf || dtype == at::kBFloat16 ||
+                  dtype == at::kFloat || dtype == at::kDouble,
+              op, ": images must be uint8, float16, bfloat16, float32 or float64, got ", dtype);
   TORCH_CHECK(at::isFloatingType(matrices.scalar_type()), op,
               ": matrices must be a floating-point tensor, got ", matrices.scalar_type());
   TORCH_CHECK(images.device() == matrices.device(), op,
               ": images and matrices must be on one device, got ", images.device(), " and ",
               matrices.device());
+  return {md == 4 ? matrices.size(0) : 1, md == 4};
+}
+
+std::vector<double> channel_fill(const char* op, c10::ArrayRef<double> fill, int64_t C,
+                                 Padding padding) {
+  TORCH_CHECK(fill.size() == 1 || static_cast<int64_t>(fill.size()) == C, op,
+              ": fill must hold 1 or C (", C, ") values, got ", fill.size());
+  std::vector<double> out(C, 0.0);
+  if (padding == Padding::Fill) {
+    for (int64_t c = 0; c < C; ++c) {
+      out[c] = fill.size() == 1 ? fill[0] : fill[c];
+    }
+  }
+  return out;
 }
 
 void check_size(const char* op, c10::IntArrayRef size) {
@@ -56,13 +76,27 @@ void check_size(const char* op, c10::IntArrayRef size) {
               ": size must be two non-negative integers (H', W'), got ", size);
 }
 
-void check_out(const char* op, const at::Tensor& images, c10::IntArrayRef size,
+at::ScalarType output_dtype(const char* op, const at::Tensor& images,
+                            std::optional<at::ScalarType> out_dtype) {
+  const auto in = images.scalar_type();
+  const auto out = out_dtype.value_or(in);
+  TORCH_CHECK(out == at::kByte || out == at::kHalf || out == at::kBFloat16 || out == at::kFloat ||
+                  out == at::kDouble,
+              op, ": out_dtype must be uint8, float16, bfloat16, float32 or float64, got ", out);
+  TORCH_CHECK((in == at::kDouble) == (out == at::kDouble), op,
+              ": float64 goes with float64 only (images ", in, ", out_dtype ", out, ")");
+  return out;
+}
+
+void check_out(const char* op, const at::Tensor& images, const Views& views, c10::IntArrayRef size,
                const at::Tensor& out) {
-  const std::vector<int64_t> expected{images.size(0), images.size(1), size[0], size[1]};
+  std::vector<int64_t> expected{images.size(0), images.size(1), size[0], size[1]};
+  if (views.stacked) {
+    expected.insert(expected.begin(), views.K);
+  }
   TORCH_CHECK(out.sizes() == c10::IntArrayRef(expected), op, ": out must have shape ",
               c10::IntArrayRef(expected), ", got ", out.sizes());
-  TORCH_CHECK(out.scalar_type() == images.scalar_type(), op, ": out must have dtype ",
-              images.scalar_type(), ", got ", out.scalar_type());
+  output_dtype(op, images, out.scalar_type());
   TORCH_CHECK(out.device() == images.device(), op, ": out must be on ", images.device(), ", got ",
               out.device());
   // NOTE: an out that shares memory with images would be read while written.
@@ -71,13 +105,85 @@ void check_out(const char* op, const at::Tensor& images, c10::IntArrayRef size,
               op, ": out must not share memory with images");
 }
 
-at::Tensor empty_output(const at::Tensor& images, c10::IntArrayRef size) {
-  return at::empty({images.size(0), images.size(1), size[0], size[1]},
-                   images.options().memory_format(images.suggest_memory_format()));
+void check_normalize_args(const char* op, const at::Tensor& images, const at::Tensor& mean,
+                          const at::Tensor& std, at::ScalarType out_dtype) {
+  TORCH_CHECK(images.scalar_type() == at::kByte, op, ": images must be uint8, got ",
+              images.scalar_type());
+  const int64_t C = images.size(1);
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"mean", mean},
+                                std::pair<const char*, const at::Tensor&>{"std", std}}) {
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == C, op, ": ", name, " must hold C (", C,
+                ") values, got shape ", t.sizes());
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
+                " must be floating point, got ", t.scalar_type());
+    TORCH_CHECK(t.device() == images.device(), op, ": ", name, " must be on ", images.device(),
+                ", got ", t.device());
+  }
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16, op,
+              ": out_dtype must be float32, float16 or bfloat16, got ", out_dtype);
+}
+
+Views check_backward_args(const char* op, const at::Tensor& grad_out,
+                          const std::optional<at::Tensor>& images, const at::Tensor& matrices,
+                          c10::IntArrayRef input_size) {
+  const int64_t gd = grad_out.dim();
+  TORCH_CHECK(gd == 4 || gd == 5, op,
+              ": grad_out must be (B, C, H', W') or (K, B, C, H', W'), "
+              "got shape ",
+              grad_out.sizes());
+  TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), op,
+              ": grad_out must be floating point, got ", grad_out.scalar_type());
+  const int64_t md = matrices.dim();
+  TORCH_CHECK(md == gd - 1 && matrices.size(md - 1) == 3 && matrices.size(md - 2) >= 2 &&
+                  matrices.size(md - 2) <= 3 && matrices.size(md - 3) == grad_out.size(gd - 4) &&
+                  (gd == 4 || matrices.size(0) == grad_out.size(0)),
+              op, ": matrices of shape ", matrices.sizes(), " do not match grad_out of shape ",
+              grad_out.sizes());
+  const Views views{gd == 5 ? grad_out.size(0) : 1, gd == 5};
+  TORCH_CHECK(matrices.device() == grad_out.device(), op,
+              ": grad_out and matrices must be on one device");
+  if (images.has_value()) {
+    const at::Tensor& x = *images;
+    TORCH_CHECK(x.dim() == 4 && x.size(0) == grad_out.size(gd - 4) &&
+                    x.size(1) == grad_out.size(gd - 3) && x.size(2) == input_size[0] &&
+                    x.size(3) == input_size[1],
+                op, ": images must be (B, C) x input_size, got shape ", x.sizes());
+    check_inputs(op, x, matrices);
+  }
+  return views;
+}
+
+at::Tensor empty_output(const at::Tensor& images, const Views& views, c10::IntArrayRef size,
+                        at::ScalarType dtype, bool keep_format) {
+  const auto format = keep_format ? images.suggest_memory_format() : at::MemoryFormat::Contiguous;
+  at::Tensor out = at::empty({views.K * images.size(0), images.size(1), size[0], size[1]},
+                             images.options().dtype(dtype).memory_format(format));
+  if (!views.stacked) {
+    return out;
+  }
+  return out.view({views.K, images.size(0), images.size(1), size[0], size[1]});
 }
 
 at::Tensor matrices_as_double(const at::Tensor& matrices) {
-  return matrices.to(at::kDouble).contiguous();
+  const int64_t rows = matrices.size(-2);
+  return matrices.to(at::kDouble).reshape({-1, rows, 3}).contiguous();
+}
+
+at::Tensor matrix_grad_from_sums(const at::Tensor& sums, const at::Tensor& matrices) {
+  // NOTE: formed in float64 with at:: ops on the matrices' device: no host sync.
+  const at::Tensor m = matrices_as_double(matrices);
+  const at::Tensor a = m.narrow(1, 0, 2).narrow(2, 0, 2);
+  const at::Tensor a00 = a.select(1, 0).select(1, 0), a01 = a.select(1, 0).select(1, 1);
+  const at::Tensor a10 = a.select(1, 1).select(1, 0), a11 = a.select(1, 1).select(1, 1);
+  const at::Tensor r = (a00 * a11 - a01 * a10).reciprocal();
+  // -A^-T = -(1/det) [[a11, -a10], [-a01, a00]].
+  const at::Tensor neg_inv_t =
+      at::stack({at::stack({-a11 * r, a10 * r}, 1), at::stack({a01 * r, -a00 * r}, 1)}, 1);
+  at::Tensor grad = at::matmul(neg_inv_t, sums);
+  if (matrices.size(-2) == 3) {
+    grad = at::cat({grad, at::zeros_like(grad.narrow(1, 0, 1))}, 1);
+  }
+  return grad.view(matrices.sizes()).to(matrices.scalar_type());
 }
 
 }  // namespace warp

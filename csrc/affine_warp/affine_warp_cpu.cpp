@@ -1,6 +1,8 @@
 // CPU kernels of the affine warp: forward parallel over (batch, output row),
-// backward parallel over (batch, channel) planes so that no two threads add
-// into the same gradient element.
+// every view of a sample computed while its image is hot in cache; the image
+// gradient parallel over (batch, channel) planes, so that no two threads add
+// into the same element and the order of additions is fixed (deterministic);
+// the matrix gradient as per-row sums added up in a fixed order.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -27,7 +29,7 @@ template <typename coord_t>
 std::vector<InverseAffine<coord_t>> inverses(const at::Tensor& matrices) {
   const at::Tensor m = matrices_as_double(matrices);
   const double* p = m.data_ptr<double>();
-  const int64_t B = m.size(0), rows = m.size(1);
+  const int64_t B = m.size(0), rows = m.size(1);  // B here counts K * B matrices
   std::vector<InverseAffine<coord_t>> inv(B);
   for (int64_t b = 0; b < B; ++b) {
     inv[b] = invert_affine<coord_t>(p + b * rows * 3, 3);
@@ -93,26 +95,14 @@ void locate_chunk(const InverseAffine<coord_t>& m, int64_t u0, int64_t n, int64_
 }
 
 template <typename scalar_t, typename coord_t>
-inline scalar_t sample_footprint(const scalar_t* plane, const Footprint<coord_t>& fp,
-                                 coord_t fill) {
-  coord_t acc = fp.outside * fill;
-  for (int k = 0; k < 4; ++k) {
-    if (fp.offset[k] >= 0) {
-      acc += fp.weight[k] * static_cast<coord_t>(plane[fp.offset[k]]);
-    }
-  }
-  return static_cast<scalar_t>(acc);
-}
-
-template <typename scalar_t, typename coord_t>
-inline scalar_t sample_interior(const scalar_t* p, const Chunk<coord_t>& ch, int64_t j, int64_t sh,
-                                int64_t sw) {
-  // Same order of operations as sample_footprint, so both paths agree bitwise.
+inline coord_t sample_interior(const scalar_t* p, const Chunk<coord_t>& ch, int64_t j, int64_t sh,
+                               int64_t sw) {
+  // Same order of operations as sample_linear, so both paths agree bitwise.
   coord_t acc = ch.w[0][j] * static_cast<coord_t>(p[0]);
   acc += ch.w[1][j] * static_cast<coord_t>(p[sw]);
   acc += ch.w[2][j] * static_cast<coord_t>(p[sh]);
   acc += ch.w[3][j] * static_cast<coord_t>(p[sh + sw]);
-  return static_cast<scalar_t>(acc);
+  return acc;
 }
 
 // Output columns [lo, hi) of a row whose positions lie at least `kMargin`
@@ -211,189 +201,455 @@ __attribute__((target("avx2,fma"))) int64_t interior_run_avx2(
 }
 #endif
 
-template <typename scalar_t>
-void forward_kernel(const at::Tensor& images, const at::Tensor& matrices, const Options& opt,
-                    at::Tensor& out) {
-  using coord_t = acc_t<scalar_t>;
+// Strides and sizes of one call; outputs and output gradients are seen as
+// (K, B, C, H', W') with out_sk = 0 when there is one view.
+struct Plan {
+  int64_t K, B, C, H, W, Ho, Wo;
+  int64_t in_sb, in_sc, sh, sw;
+  int64_t out_sk, out_sb, out_sc, out_sh, out_sw;
+  Options opt;
+};
+
+Plan make_plan(const at::Tensor& images, const at::Tensor& out5, const Options& opt) {
+  return {out5.size(0),
+          images.size(0),
+          images.size(1),
+          images.size(2),
+          images.size(3),
+          out5.size(3),
+          out5.size(4),
+          images.stride(0),
+          images.stride(1),
+          images.stride(2),
+          images.stride(3),
+          out5.stride(0),
+          out5.stride(1),
+          out5.stride(2),
+          out5.stride(3),
+          out5.stride(4),
+          opt};
+}
+
+// A 4-d output or gradient seen as one view of 5 dimensions.
+at::Tensor as_views(const at::Tensor& t) { return t.dim() == 4 ? t.unsqueeze(0) : t; }
+
+// Per-channel values applied to every result: the fill value, and for the
+// normalising warp a scale and shift (result = value * scale + shift).
+template <typename coord_t>
+struct Epilogue {
+  std::vector<coord_t> fill, scale, shift;
+  bool affine = false;
+};
+
+template <typename out_t, typename coord_t>
+inline out_t finish(coord_t acc, int64_t c, const Epilogue<coord_t>& ep) {
+  if (ep.affine) {
+    acc = acc * ep.scale[c] + ep.shift[c];
+  }
+  return store_as<out_t>(acc);
+}
+
+template <typename coord_t>
+inline bool is_identity(const InverseAffine<coord_t>& m) {
+  return m.a == 1 && m.b == 0 && m.c == 0 && m.d == 0 && m.e == 1 && m.f == 0;
+}
+
+template <typename in_t, typename out_t>
+void forward_kernel(const at::Tensor& images, const at::Tensor& matrices, const Plan& p,
+                    const Epilogue<acc_t<in_t>>& ep, out_t* dst) {
+  using coord_t = acc_t<in_t>;
   const auto inv = inverses<coord_t>(matrices);
-  const int64_t C = images.size(1), H = images.size(2), W = images.size(3);
-  const int64_t Ho = out.size(2), Wo = out.size(3);
-  const int64_t in_sb = images.stride(0), in_sc = images.stride(1);
-  const int64_t sh = images.stride(2), sw = images.stride(3);
-  const int64_t out_sb = out.stride(0), out_sc = out.stride(1);
-  const int64_t out_sh = out.stride(2), out_sw = out.stride(3);
-  const scalar_t* in = images.const_data_ptr<scalar_t>();
-  scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-  const coord_t fill = static_cast<coord_t>(opt.fill);
+  const in_t* in = images.const_data_ptr<in_t>();
+  const Options opt = p.opt;
+  const int64_t C = p.C, H = p.H, W = p.W, Ho = p.Ho, Wo = p.Wo;
+  const int64_t sh = p.sh, sw = p.sw, in_sc = p.in_sc;
+  const int64_t out_sc = p.out_sc, out_sw = p.out_sw;
   const bool bilinear = opt.mode == Interp::Bilinear;
-  const scalar_t fill_value = static_cast<scalar_t>(fill);
+  // channels_last input: all channels of a tap are adjacent, so each pixel
+  // is finished across its channels before the next one.
+  const bool pixel_major = in_sc == 1 && C > 1;
+  const coord_t* fill = ep.fill.data();
 #ifdef INVFAST_X86_AVX2
   // The vector path: float rows of unit stride, plane offsets within int32.
-  const bool vector_rows = std::is_same_v<scalar_t, float> && cpu_has_avx2() && out_sw == 1 &&
-                           H > 0 && W > 0 && sh >= 0 && sw >= 0 &&
+  constexpr bool kFloats = std::is_same_v<in_t, float> && std::is_same_v<out_t, float>;
+  const bool vector_rows = kFloats && !ep.affine && cpu_has_avx2() && out_sw == 1 && H > 0 &&
+                           W > 0 && sh >= 0 && sw >= 0 && in_sc >= 0 &&
                            (H - 1) * sh + (W - 1) * sw < std::numeric_limits<int32_t>::max();
 #endif
 
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, Wo * C));
-  at::parallel_for(0, out.size(0) * Ho, grain, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, Wo * C * p.K));
+  at::parallel_for(0, p.B * Ho, grain, [&](int64_t begin, int64_t end) {
     Chunk<coord_t> ch;
     Footprint<coord_t> fps[kChunk];
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / Ho, v = row % Ho;
-      const scalar_t* src = in + b * in_sb;
-      scalar_t* o = dst + b * out_sb + v * out_sh;
-      // Columns [u_begin, u_end) in chunks, for every dtype, layout and mode.
-      const auto span = [&](int64_t u_begin, int64_t u_end) {
-        for (int64_t u0 = u_begin; u0 < u_end; u0 += kChunk) {
-          const int64_t n = std::min(kChunk, u_end - u0);
-          if (bilinear) {
-            locate_chunk(inv[b], u0, n, v, H, W, sh, sw, opt, ch);
-          } else {
-            ch.all_interior = false;
-            std::fill(ch.kind, ch.kind + n, kGeneral);
-          }
-          if (!ch.all_interior) {
-            for (int64_t j = 0; j < n; ++j) {
-              if (ch.kind[j] == kGeneral) {
-                coord_t x, y;
-                source_position(inv[b], u0 + j, v, x, y);
-                fps[j] = footprint(x, y, H, W, sh, sw, opt.mode, opt.padding, opt.align_corners);
+      const in_t* src = in + b * p.in_sb;
+      // Every view of this row while the sample's image is in cache.
+      for (int64_t k = 0; k < p.K; ++k) {
+        const auto& m = inv[k * p.B + b];
+        out_t* o = dst + k * p.out_sk + b * p.out_sb + v * p.out_sh;
+        const auto put = [&](int64_t u, int64_t c, coord_t acc) {
+          o[c * out_sc + u * out_sw] = finish<out_t>(acc, c, ep);
+        };
+
+        // Columns [u_begin, u_end) in chunks, for every dtype, layout and mode.
+        const auto span = [&](int64_t u_begin, int64_t u_end) {
+          if (opt.mode == Interp::Bicubic) {
+            for (int64_t u = u_begin; u < u_end; ++u) {
+              coord_t x, y;
+              source_position(m, u, v, x, y);
+              const auto fp = cubic_footprint(x, y, H, W, sh, sw, opt.padding, opt.align_corners);
+              for (int64_t c = 0; c < C; ++c) {
+                put(u, c, sample_cubic(src + c * in_sc, fp, fill[c]));
               }
             }
+            return;
           }
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* plane = src + c * in_sc;
-            scalar_t* oc = o + c * out_sc + u0 * out_sw;
-            if (ch.all_interior) {
+          for (int64_t u0 = u_begin; u0 < u_end; u0 += kChunk) {
+            const int64_t n = std::min(kChunk, u_end - u0);
+            if (bilinear) {
+              locate_chunk(m, u0, n, v, H, W, sh, sw, opt, ch);
+            } else {
+              ch.all_interior = false;
+              std::fill(ch.kind, ch.kind + n, kGeneral);
+            }
+            if (!ch.all_interior) {
               for (int64_t j = 0; j < n; ++j) {
-                oc[j * out_sw] = sample_interior(plane + ch.offset[j], ch, j, sh, sw);
+                if (ch.kind[j] == kGeneral) {
+                  coord_t x, y;
+                  source_position(m, u0 + j, v, x, y);
+                  fps[j] = footprint(x, y, H, W, sh, sw, opt.mode, opt.padding, opt.align_corners);
+                }
+              }
+            }
+            const auto value = [&](int64_t j, int64_t c) -> coord_t {
+              const in_t* plane = src + c * in_sc;
+              const uint8_t kind = ch.kind[j];
+              if (kind == kInterior) {
+                return sample_interior(plane + ch.offset[j], ch, j, sh, sw);
+              }
+              return kind == kOutside ? fill[c] : sample_linear(plane, fps[j], fill[c]);
+            };
+            if (pixel_major) {
+              for (int64_t j = 0; j < n; ++j) {
+                for (int64_t c = 0; c < C; ++c) {
+                  put(u0 + j, c, value(j, c));
+                }
               }
               continue;
             }
-            for (int64_t j = 0; j < n; ++j) {
-              const uint8_t kind = ch.kind[j];
-              oc[j * out_sw] =
-                  kind == kInterior
-                      ? sample_interior(plane + ch.offset[j], ch, j, sh, sw)
-                      : (kind == kOutside ? fill_value
-                                          : sample_footprint<scalar_t>(plane, fps[j], fill));
+            for (int64_t c = 0; c < C; ++c) {
+              if (ch.all_interior) {
+                const in_t* plane = src + c * in_sc;
+                for (int64_t j = 0; j < n; ++j) {
+                  put(u0 + j, c, sample_interior(plane + ch.offset[j], ch, j, sh, sw));
+                }
+                continue;
+              }
+              for (int64_t j = 0; j < n; ++j) {
+                put(u0 + j, c, value(j, c));
+              }
             }
           }
-        }
-      };
+        };
 
-#ifdef INVFAST_X86_AVX2
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (vector_rows) {
-          const auto& m = inv[b];
-          const float vf = static_cast<float>(v);
-          const float rx = m.b * vf + m.c, ry = m.e * vf + m.f;
-          int64_t lo, hi;
-          interior_columns(m.a, rx, m.d, ry, H, W, Wo, lo, hi);
-          span(0, lo);
-          const int64_t done = bilinear ? interior_run_avx2<true>(src, C, in_sc, sh, sw, H, W, m.a,
-                                                                  rx, m.d, ry, lo, hi, o, out_sc)
-                                        : interior_run_avx2<false>(src, C, in_sc, sh, sw, H, W, m.a,
-                                                                   rx, m.d, ry, lo, hi, o, out_sc);
-          span(done, Wo);
+        // NOTE: an identity matrix (a sample that was not transformed) copies
+        // the pixels it covers; every mode would read exactly them anyway.
+        if (is_identity(m)) {
+          const int64_t n = v < H ? std::min(W, Wo) : 0;
+          const in_t* line = src + v * sh;
+          if (pixel_major) {
+            for (int64_t u = 0; u < n; ++u) {
+              for (int64_t c = 0; c < C; ++c) {
+                put(u, c, static_cast<coord_t>(line[u * sw + c * in_sc]));
+              }
+            }
+          } else {
+            for (int64_t c = 0; c < C; ++c) {
+              for (int64_t u = 0; u < n; ++u) {
+                put(u, c, static_cast<coord_t>(line[u * sw + c * in_sc]));
+              }
+            }
+          }
+          span(n, Wo);
           continue;
         }
-      }
+
+#ifdef INVFAST_X86_AVX2
+        if constexpr (kFloats) {
+          if (vector_rows && opt.mode != Interp::Bicubic) {
+            const float vf = static_cast<float>(v);
+            const float rx = m.b * vf + m.c, ry = m.e * vf + m.f;
+            int64_t lo, hi;
+            interior_columns(m.a, rx, m.d, ry, H, W, Wo, lo, hi);
+            span(0, lo);
+            const int64_t done = bilinear
+                                     ? interior_run_avx2<true>(src, C, in_sc, sh, sw, H, W, m.a, rx,
+                                                               m.d, ry, lo, hi, o, out_sc)
+                                     : interior_run_avx2<false>(src, C, in_sc, sh, sw, H, W, m.a,
+                                                                rx, m.d, ry, lo, hi, o, out_sc);
+            span(done, Wo);
+            continue;
+          }
+        }
 #endif
-      span(0, Wo);
+        span(0, Wo);
+      }
     }
   });
 }
 
-template <typename scalar_t, typename grad_t>
-void backward_kernel(const at::Tensor& grad_out, const at::Tensor& matrices, const Options& opt,
-                     at::Tensor& grad_in) {
-  using coord_t = acc_t<scalar_t>;
+// d loss / d images: one (b, c) plane per task, views and output pixels in a
+// fixed order, so the result does not depend on the number of threads.
+template <typename coord_t>
+void backward_images_kernel(const at::Tensor& grad5, const at::Tensor& matrices, const Plan& p,
+                            at::Tensor& grad_in) {
   const auto inv = inverses<coord_t>(matrices);
-  const int64_t C = grad_in.size(1), H = grad_in.size(2), W = grad_in.size(3);
-  const int64_t Ho = grad_out.size(2), Wo = grad_out.size(3);
-  const int64_t g_sb = grad_out.stride(0), g_sc = grad_out.stride(1);
-  const int64_t g_sh = grad_out.stride(2), g_sw = grad_out.stride(3);
+  const int64_t C = p.C, H = p.H, W = p.W;
+  const coord_t* g = grad5.const_data_ptr<coord_t>();
+  coord_t* gi = grad_in.mutable_data_ptr<coord_t>();
+  const Options opt = p.opt;
   // grad_in is freshly allocated and contiguous.
   const int64_t gi_sh = W, gi_sw = 1;
-  const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
-  grad_t* gi = grad_in.mutable_data_ptr<grad_t>();
 
-  at::parallel_for(0, grad_in.size(0) * C, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.B * C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t b = plane / C, c = plane % C;
-      const scalar_t* gp = g + b * g_sb + c * g_sc;
-      grad_t* dst = gi + plane * H * W;
-      for (int64_t v = 0; v < Ho; ++v) {
-        for (int64_t u = 0; u < Wo; ++u) {
-          coord_t x, y;
-          source_position(inv[b], u, v, x, y);
-          const auto fp =
-              footprint(x, y, H, W, gi_sh, gi_sw, opt.mode, opt.padding, opt.align_corners);
-          const coord_t go = static_cast<coord_t>(gp[v * g_sh + u * g_sw]);
-          for (int k = 0; k < 4; ++k) {
-            if (fp.offset[k] >= 0) {
-              dst[fp.offset[k]] += static_cast<grad_t>(fp.weight[k] * go);
+      coord_t* dst = gi + plane * H * W;
+      for (int64_t k = 0; k < p.K; ++k) {
+        const auto& m = inv[k * p.B + b];
+        const coord_t* gp = g + k * p.out_sk + b * p.out_sb + c * p.out_sc;
+        for (int64_t v = 0; v < p.Ho; ++v) {
+          for (int64_t u = 0; u < p.Wo; ++u) {
+            coord_t x, y;
+            source_position(m, u, v, x, y);
+            const coord_t go = gp[v * p.out_sh + u * p.out_sw];
+            if (opt.mode == Interp::Bicubic) {
+              const auto fp =
+                  cubic_footprint(x, y, H, W, gi_sh, gi_sw, opt.padding, opt.align_corners);
+              if (!fp.valid) {
+                continue;
+              }
+              for (int j = 0; j < 4; ++j) {
+                for (int i = 0; i < 4; ++i) {
+                  if (fp.ox[i] >= 0 && fp.oy[j] >= 0) {
+                    dst[fp.oy[j] + fp.ox[i]] += fp.wy[j] * fp.wx[i] * go;
+                  }
+                }
+              }
+              continue;
+            }
+            const auto fp =
+                footprint(x, y, H, W, gi_sh, gi_sw, opt.mode, opt.padding, opt.align_corners);
+            for (int t = 0; t < 4; ++t) {
+              if (fp.offset[t] >= 0) {
+                dst[fp.offset[t]] += fp.weight[t] * go;
+              }
             }
           }
         }
       }
     }
+  });
+}
+
+// Per matrix, S = sum over output pixels of g (x, y, 1)^T with g = d loss /
+// d source position; per-row partial sums in parallel, added up in row order.
+template <typename in_t>
+at::Tensor backward_matrices_kernel(const at::Tensor& images, const at::Tensor& grad5,
+                                    const at::Tensor& matrices, const Plan& p,
+                                    const std::vector<double>& fills) {
+  using coord_t = acc_t<in_t>;
+  const auto inv = inverses<coord_t>(matrices);
+  const in_t* in = images.const_data_ptr<in_t>();
+  const coord_t* g = grad5.const_data_ptr<coord_t>();
+  const Options opt = p.opt;
+  const int64_t rows = p.K * p.B * p.Ho;
+  std::vector<double> partial(rows * 6, 0.0);
+  std::vector<coord_t> fill(fills.begin(), fills.end());
+
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t kb = row / p.Ho, v = row % p.Ho;
+      const int64_t k = kb / p.B, b = kb % p.B;
+      const auto& m = inv[kb];
+      const in_t* src = in + b * p.in_sb;
+      const coord_t* gp = g + k * p.out_sk + b * p.out_sb + v * p.out_sh;
+      double* acc = partial.data() + row * 6;
+      for (int64_t u = 0; u < p.Wo; ++u) {
+        coord_t x, y;
+        source_position(m, u, v, x, y);
+        if (!finite(x) || !finite(y)) {
+          continue;
+        }
+        double gx = 0.0, gy = 0.0;
+        for (int64_t c = 0; c < p.C; ++c) {
+          coord_t dx, dy;
+          position_grad(src + c * p.in_sc, x, y, p.H, p.W, p.sh, p.sw, opt.mode, opt.padding,
+                        opt.align_corners, fill[c], dx, dy);
+          const double go = gp[c * p.out_sc + u * p.out_sw];
+          gx += go * dx;
+          gy += go * dy;
+        }
+        acc[0] += gx * x;
+        acc[1] += gx * y;
+        acc[2] += gx;
+        acc[3] += gy * x;
+        acc[4] += gy * y;
+        acc[5] += gy;
+      }
+    }
+  });
+
+  at::Tensor sums = at::zeros({p.K * p.B, 2, 3}, at::kDouble);
+  double* s = sums.mutable_data_ptr<double>();
+  for (int64_t row = 0; row < rows; ++row) {
+    const int64_t kb = row / p.Ho;
+    for (int t = 0; t < 6; ++t) {
+      s[kb * 6 + t] += partial[row * 6 + t];
+    }
+  }
+  return sums;
+}
+
+// Runs the forward kernel into `out` (4-d or 5-d, any strides).
+void run_forward(const char* op, const at::Tensor& images, const at::Tensor& matrices,
+                 const Options& opt, const std::vector<double>& fills,
+                 const std::vector<double>& scale, const std::vector<double>& shift,
+                 at::Tensor& out) {
+  const int64_t C = images.size(1);
+  if (out.numel() == 0) {
+    return;
+  }
+  const bool affine = !scale.empty();
+  if (images.size(2) == 0 || images.size(3) == 0) {
+    std::vector<double> value(C);
+    for (int64_t c = 0; c < C; ++c) {
+      value[c] = affine ? fills[c] * scale[c] + shift[c] : fills[c];
+    }
+    at::Tensor v = at::tensor(value, at::kDouble).view({C, 1, 1});
+    if (out.scalar_type() == at::kByte) {
+      v = v.round().clamp(0, 255).nan_to_num(0);
+    }
+    out.copy_(v.expand_as(out));
+    return;
+  }
+
+  const at::Tensor mats = matrices_as_double(matrices);
+  at::Tensor out5 = as_views(out);
+  const Plan p = make_plan(images, out5, opt);
+  dispatch_pair(op, images.scalar_type(), out.scalar_type(), [&](auto in_tag, auto out_tag) {
+    using in_t = typename decltype(in_tag)::type;
+    using out_t = typename decltype(out_tag)::type;
+    using coord_t = acc_t<in_t>;
+    Epilogue<coord_t> ep;
+    ep.fill.assign(fills.begin(), fills.end());
+    ep.affine = affine;
+    ep.scale.assign(scale.begin(), scale.end());
+    ep.shift.assign(shift.begin(), shift.end());
+    forward_kernel<in_t, out_t>(images, mats, p, ep, static_cast<out_t*>(out5.data_ptr()));
   });
 }
 
 void affine_warp_out_cpu(const at::Tensor& images, const at::Tensor& matrices,
                          c10::string_view mode, c10::string_view padding_mode, bool align_corners,
-                         double fill, at::Tensor& out) {
+                         c10::ArrayRef<double> fill, at::Tensor& out) {
   const char* op = "affine_warp";
-  check_inputs(op, images, matrices);
-  const Options opt = parse_options(mode, padding_mode, align_corners, fill);
-  check_out(op, images, {out.size(2), out.size(3)}, out);
+  const Views views = check_inputs(op, images, matrices);
+  const Options opt = parse_options(op, mode, padding_mode, align_corners);
+  TORCH_CHECK(out.dim() >= 2, op, ": out must be (B, C, H', W') or (K, B, C, H', W')");
+  check_out(op, images, views, {out.size(-2), out.size(-1)}, out);
+  const auto fills = channel_fill(op, fill, images.size(1), opt.padding);
 
-  if (out.numel() == 0) {
-    return;
-  }
-  if (images.size(2) == 0 || images.size(3) == 0) {
-    out.fill_(opt.fill);
-    return;
-  }
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, images.scalar_type(), "affine_warp_cpu",
-                                  [&] { forward_kernel<scalar_t>(images, matrices, opt, out); });
+  run_forward(op, images, matrices, opt, fills, {}, {}, out);
 }
 
 at::Tensor affine_warp_cpu(const at::Tensor& images, const at::Tensor& matrices,
                            c10::string_view mode, c10::string_view padding_mode, bool align_corners,
-                           double fill, c10::IntArrayRef size) {
-  check_inputs("affine_warp", images, matrices);
-  check_size("affine_warp", size);
+                           c10::ArrayRef<double> fill, c10::IntArrayRef size,
+                           std::optional<at::ScalarType> out_dtype) {
+  const char* op = "affine_warp";
+  const Views views = check_inputs(op, images, matrices);
+  check_size(op, size);
+  const auto dtype = output_dtype(op, images, out_dtype);
 
-  at::Tensor out = empty_output(images, size);
+  at::Tensor out = empty_output(images, views, size, dtype);
   affine_warp_out_cpu(images, matrices, mode, padding_mode, align_corners, fill, out);
   return out;
 }
 
-at::Tensor affine_warp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& matrices,
-                                    c10::string_view mode, c10::string_view padding_mode,
-                                    bool align_corners, c10::IntArrayRef input_size) {
-  const char* op = "affine_warp_backward";
-  check_inputs(op, grad_out, matrices);
-  const Options opt = parse_options(mode, padding_mode, align_corners, 0.0);
-  check_size(op, input_size);
+at::Tensor warp_normalize_cpu(const at::Tensor& images, const at::Tensor& matrices,
+                              const at::Tensor& mean, const at::Tensor& std, c10::string_view mode,
+                              c10::string_view padding_mode, bool align_corners,
+                              c10::ArrayRef<double> fill, c10::IntArrayRef size,
+                              at::ScalarType out_dtype) {
+  const char* op = "warp_normalize";
+  const Views views = check_inputs(op, images, matrices);
+  const Options opt = parse_options(op, mode, padding_mode, align_corners);
+  check_size(op, size);
+  check_normalize_args(op, images, mean, std, out_dtype);
+  const auto fills = channel_fill(op, fill, images.size(1), opt.padding);
 
-  // Half and bfloat16 gradients accumulate in float32 and are rounded once.
+  // result = (value / 255 - mean) / std = value * scale + shift.
+  const at::Tensor m = mean.to(at::kDouble).contiguous(), s = std.to(at::kDouble).contiguous();
+  const int64_t C = images.size(1);
+  std::vector<double> scale(C), shift(C);
+  for (int64_t c = 0; c < C; ++c) {
+    scale[c] = 1.0 / (255.0 * s.const_data_ptr<double>()[c]);
+    shift[c] = -m.const_data_ptr<double>()[c] / s.const_data_ptr<double>()[c];
+  }
+  at::Tensor out = empty_output(images, views, size, out_dtype, false);
+  run_forward(op, images, matrices, opt, fills, scale, shift, out);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> affine_warp_backward_cpu(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& images_opt,
+    const at::Tensor& matrices, c10::string_view mode, c10::string_view padding_mode,
+    bool align_corners, c10::ArrayRef<double> fill, c10::IntArrayRef input_size, bool images_grad) {
+  const char* op = "affine_warp_backward";
+  const Options opt = parse_options(op, mode, padding_mode, align_corners);
+  check_size(op, input_size);
+  const Views views = check_backward_args(op, grad_out, images_opt, matrices, input_size);
+
+  // Gradients accumulate in float32 (float64 for float64) and are rounded once.
   const auto dtype = grad_out.scalar_type();
-  const auto acc_dtype = dtype == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_in = at::zeros({grad_out.size(0), grad_out.size(1), input_size[0], input_size[1]},
-                                 grad_out.options().dtype(acc_dtype));
-  if (grad_out.numel() == 0 || grad_in.numel() == 0) {
-    return grad_in.to(dtype);
+  const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const int64_t B = grad_out.size(-4), C = grad_out.size(-3);
+  const at::Tensor grad5 = as_views(grad_out.to(acc));
+  at::Tensor grad_images = grad_out.new_empty({0});
+  at::Tensor grad_matrices = matrices.new_empty({0});
+  (void)views;
+
+  if (images_grad) {
+    at::Tensor gi = at::zeros({B, C, input_size[0], input_size[1]}, grad_out.options().dtype(acc));
+    if (gi.numel() > 0 && grad5.numel() > 0) {
+      const Plan p = make_plan(gi, grad5, opt);
+      const at::Tensor mats = matrices_as_double(matrices);
+      if (acc == at::kDouble) {
+        backward_images_kernel<double>(grad5, mats, p, gi);
+      } else {
+        backward_images_kernel<float>(grad5, mats, p, gi);
+      }
+    }
+    grad_images = gi.to(dtype);
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "affine_warp_backward_cpu", [&] {
-    backward_kernel<scalar_t, acc_t<scalar_t>>(grad_out, matrices, opt, grad_in);
-  });
-  return grad_in.to(dtype);
+  if (images_opt.has_value()) {
+    const at::Tensor& images = *images_opt;
+    const auto fills = channel_fill(op, fill, C, opt.padding);
+    at::Tensor sums = at::zeros({grad5.size(0) * B, 2, 3}, at::kDouble);
+    if (images.numel() > 0 && grad5.numel() > 0) {
+      const Plan p = make_plan(images, grad5, opt);
+      const at::Tensor mats = matrices_as_double(matrices);
+      const at::Tensor g = images.scalar_type() == at::kDouble ? grad5 : grad5.to(at::kFloat);
+      AT_DISPATCH_FLOATING_TYPES_AND3(
+          at::kHalf, at::kBFloat16, at::kByte, images.scalar_type(), "affine_warp_backward_cpu",
+          [&] { sums = backward_matrices_kernel<scalar_t>(images, g, mats, p, fills); });
+    }
+    grad_matrices = matrix_grad_from_sums(sums, matrices);
+  }
+  return {grad_images, grad_matrices};
 }
 
 }  // namespace
@@ -402,6 +658,7 @@ TORCH_LIBRARY_IMPL(invfast, CPU, m) {
   m.impl("affine_warp", &affine_warp_cpu);
   m.impl("affine_warp_out", &affine_warp_out_cpu);
   m.impl("affine_warp_backward", &affine_warp_backward_cpu);
+  m.impl("warp_normalize", &warp_normalize_cpu);
 }
 
 }  // namespace warp

@@ -7,13 +7,14 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "../common.h"
 
 namespace invfast {
 namespace warp {
 
-enum class Interp : int { Bilinear = 0, Nearest = 1 };
+enum class Interp : int { Bilinear = 0, Nearest = 1, Bicubic = 2 };
 enum class Padding : int { Zeros = 0, Border = 1, Reflection = 2, Fill = 3 };
 
 // The inverse map, input position = (a u + b v + c, d u + e v + f).
@@ -152,6 +153,255 @@ INVFAST_HOST_DEVICE Footprint<coord_t> footprint(coord_t x, coord_t y, int64_t H
     }
   }
   return fp;
+}
+
+// Where a bicubic output pixel reads: 4 x 4 taps, separable. A tap whose
+// row or column falls outside the image (after padding) has offset -1 and
+// reads the fill value.
+template <typename coord_t>
+struct CubicFootprint {
+  int64_t ox[4], oy[4];
+  coord_t wx[4], wy[4];
+  bool valid;
+};
+
+// Cubic convolution weights of the taps at floor(x) - 1 .. floor(x) + 2 for
+// the fraction t, with A = -0.75 as grid_sample and OpenCV use.
+template <typename coord_t>
+INVFAST_HOST_DEVICE void cubic_weights(coord_t t, coord_t w[4]) {
+  const coord_t A = coord_t(-0.75);
+  const auto near = [A](coord_t x) { return ((A + 2) * x - (A + 3)) * x * x + 1; };
+  const auto far = [A](coord_t x) { return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A; };
+  w[0] = far(t + 1);
+  w[1] = near(t);
+  w[2] = near(1 - t);
+  w[3] = far(2 - t);
+}
+
+// d/dt of cubic_weights.
+template <typename coord_t>
+INVFAST_HOST_DEVICE void cubic_weights_grad(coord_t t, coord_t w[4]) {
+  const coord_t A = coord_t(-0.75);
+  const auto near = [A](coord_t x) { return (3 * (A + 2) * x - 2 * (A + 3)) * x; };
+  const auto far = [A](coord_t x) { return (3 * A * x - 10 * A) * x + 8 * A; };
+  w[0] = far(t + 1);
+  w[1] = near(t);
+  w[2] = -near(1 - t);
+  w[3] = -far(2 - t);
+}
+
+// The tap index i after padding, as an element offset (or -1 when outside).
+// NOTE: bicubic pads every tap index on its own, as grid_sample does, so
+// border and reflection never read the fill value.
+INVFAST_HOST_DEVICE int64_t cubic_tap(int64_t i, int64_t size, int64_t stride, Padding pad,
+                                      bool align_corners) {
+  if (pad == Padding::Border || pad == Padding::Reflection) {
+    // Indices this far out are all equivalent to one a period away; keep the
+    // floating-point reflection exact by staying in a small range.
+    const double x = pad_coordinate<double>(static_cast<double>(i), size, pad, align_corners);
+    i = static_cast<int64_t>(std::nearbyint(x));
+  }
+  return (i >= 0 && i < size) ? i * stride : int64_t(-1);
+}
+
+template <typename coord_t>
+INVFAST_HOST_DEVICE CubicFootprint<coord_t> cubic_footprint(coord_t x, coord_t y, int64_t H,
+                                                            int64_t W, int64_t stride_h,
+                                                            int64_t stride_w, Padding pad,
+                                                            bool align_corners) {
+  CubicFootprint<coord_t> fp;
+  fp.valid = false;
+  // NOTE: non-finite positions read nothing (the fill value); positions more
+  // than two pixels outside are reduced to two pixels outside first, which
+  // reads the same taps for zeros and fill and keeps the integer conversion
+  // in range for border and reflection only when the image is also near.
+  if (!finite(x) || !finite(y)) {
+    return fp;
+  }
+  const bool remaps = pad == Padding::Border || pad == Padding::Reflection;
+  if (!remaps && !(x > coord_t(-2) && x < static_cast<coord_t>(W + 1) && y > coord_t(-2) &&
+                   y < static_cast<coord_t>(H + 1))) {
+    return fp;
+  }
+  if (remaps) {
+    // Far positions: fold them into one period first (border: clamp) so the
+    // index arithmetic stays small. The taps of a folded position equal the
+    // original's because padding is periodic (reflection) or flat (border).
+    const coord_t px = pad == Padding::Border
+                           ? static_cast<coord_t>(2 * W + 4)
+                           : static_cast<coord_t>(align_corners ? 2 * (W - 1) : 2 * W);
+    const coord_t py = pad == Padding::Border
+                           ? static_cast<coord_t>(2 * H + 4)
+                           : static_cast<coord_t>(align_corners ? 2 * (H - 1) : 2 * H);
+    const auto fold = [pad](coord_t v, coord_t period, int64_t size) {
+      if (pad == Padding::Border) {
+        const coord_t lo = coord_t(-3), hi = static_cast<coord_t>(size + 2);
+        return v < lo ? lo : (v > hi ? hi : v);
+      }
+      if (period <= coord_t(0)) {
+        return coord_t(0);
+      }
+      if (v > -period && v < 2 * period) {
+        return v;
+      }
+      // NOTE: fmod is exact, so the fraction of v is kept.
+      const coord_t r = std::fmod(v, period);
+      return r < coord_t(0) ? r + period : r;
+    };
+    x = fold(x, px, W);
+    y = fold(y, py, H);
+  }
+  const coord_t x0f = std::floor(x), y0f = std::floor(y);
+  const int64_t x0 = static_cast<int64_t>(x0f), y0 = static_cast<int64_t>(y0f);
+  cubic_weights(x - x0f, fp.wx);
+  cubic_weights(y - y0f, fp.wy);
+  for (int i = 0; i < 4; ++i) {
+    fp.ox[i] = cubic_tap(x0 - 1 + i, W, stride_w, pad, align_corners);
+    fp.oy[i] = cubic_tap(y0 - 1 + i, H, stride_h, pad, align_corners);
+  }
+  fp.valid = true;
+  return fp;
+}
+
+// One channel of a bicubic sample; taps outside read `fill`.
+template <typename coord_t, typename scalar_t>
+INVFAST_HOST_DEVICE coord_t sample_cubic(const scalar_t* plane, const CubicFootprint<coord_t>& fp,
+                                         coord_t fill) {
+  if (!fp.valid) {
+    return fill;
+  }
+  coord_t acc = coord_t(0);
+  for (int j = 0; j < 4; ++j) {
+    coord_t row = coord_t(0);
+    for (int i = 0; i < 4; ++i) {
+      const coord_t v = (fp.ox[i] >= 0 && fp.oy[j] >= 0)
+                            ? static_cast<coord_t>(plane[fp.oy[j] + fp.ox[i]])
+                            : fill;
+      row += fp.wx[i] * v;
+    }
+    acc += fp.wy[j] * row;
+  }
+  return acc;
+}
+
+// One channel of a nearest or bilinear sample; taps outside read `fill`.
+template <typename coord_t, typename scalar_t>
+INVFAST_HOST_DEVICE coord_t sample_linear(const scalar_t* plane, const Footprint<coord_t>& fp,
+                                          coord_t fill) {
+  coord_t acc = fp.outside * fill;
+  for (int k = 0; k < 4; ++k) {
+    if (fp.offset[k] >= 0) {
+      acc += fp.weight[k] * static_cast<coord_t>(plane[fp.offset[k]]);
+    }
+  }
+  return acc;
+}
+
+// Stores an fp32 (fp64) result in the output type.
+// NOTE: integer output rounds to nearest (ties to even, as torch.round) and
+// saturates to [0, 255]; NaN becomes 0. A plain cast would wrap or be undefined.
+template <typename out_t, typename coord_t>
+INVFAST_HOST_DEVICE out_t store_as(coord_t v) {
+  if constexpr (std::is_same<out_t, uint8_t>::value) {
+    v = v > coord_t(0) ? v : coord_t(0);
+    v = v < coord_t(255) ? v : coord_t(255);
+    return static_cast<uint8_t>(std::nearbyint(v));
+  } else {
+    return static_cast<out_t>(v);
+  }
+}
+
+// Padding of one coordinate and its slope d pad(x) / dx (0 where clamped,
+// -1 where mirrored), for the gradient with respect to the position.
+template <typename coord_t>
+INVFAST_HOST_DEVICE coord_t pad_coordinate_grad(coord_t x, int64_t size, Padding pad,
+                                                bool align_corners, coord_t& slope) {
+  slope = coord_t(1);
+  const coord_t hi = static_cast<coord_t>(size - 1);
+  const auto clip_grad = [&](coord_t v) {
+    if (v <= coord_t(0)) {
+      slope = coord_t(0);
+      return coord_t(0);
+    }
+    if (v >= hi) {
+      slope = coord_t(0);
+      return hi;
+    }
+    return v;
+  };
+  const auto reflect_grad = [&](coord_t v, coord_t lo, coord_t top) {
+    const coord_t span = top - lo;
+    if (span <= coord_t(0)) {
+      slope = coord_t(0);
+      return coord_t(0);
+    }
+    const coord_t d = std::fmod(std::fabs(v - lo), 2 * span);
+    const coord_t side = v < lo ? coord_t(-1) : coord_t(1);
+    slope = d > span ? -side : side;
+    return d > span ? lo + (2 * span - d) : lo + d;
+  };
+  if (pad == Padding::Border) {
+    return clip_grad(x);
+  }
+  if (pad == Padding::Reflection) {
+    if (align_corners) {
+      return reflect_grad(x, coord_t(0), hi);
+    }
+    return clip_grad(reflect_grad(x, coord_t(-0.5), static_cast<coord_t>(size) - coord_t(0.5)));
+  }
+  return x;
+}
+
+// d value / d (x, y) at the unpadded source position (x, y) for one channel
+// of a plane, taps outside reading `fill`. Nearest has no gradient.
+template <typename coord_t, typename scalar_t>
+INVFAST_HOST_DEVICE void position_grad(const scalar_t* plane, coord_t x, coord_t y, int64_t H,
+                                       int64_t W, int64_t sh, int64_t sw, Interp mode, Padding pad,
+                                       bool align_corners, coord_t fill, coord_t& gx, coord_t& gy) {
+  gx = gy = coord_t(0);
+  if (mode == Interp::Nearest || !finite(x) || !finite(y)) {
+    return;
+  }
+  if (mode == Interp::Bicubic) {
+    const auto fp = cubic_footprint(x, y, H, W, sh, sw, pad, align_corners);
+    if (!fp.valid) {
+      return;
+    }
+    coord_t dwx[4], dwy[4];
+    cubic_weights_grad(x - std::floor(x), dwx);
+    cubic_weights_grad(y - std::floor(y), dwy);
+    for (int j = 0; j < 4; ++j) {
+      for (int i = 0; i < 4; ++i) {
+        const coord_t v = (fp.ox[i] >= 0 && fp.oy[j] >= 0)
+                              ? static_cast<coord_t>(plane[fp.oy[j] + fp.ox[i]])
+                              : fill;
+        gx += dwx[i] * fp.wy[j] * v;
+        gy += fp.wx[i] * dwy[j] * v;
+      }
+    }
+    return;
+  }
+  coord_t sx, sy;
+  x = pad_coordinate_grad(x, W, pad, align_corners, sx);
+  y = pad_coordinate_grad(y, H, pad, align_corners, sy);
+  if (!(x > coord_t(-1) && x < static_cast<coord_t>(W) && y > coord_t(-1) &&
+        y < static_cast<coord_t>(H))) {
+    return;
+  }
+  const coord_t x0f = std::floor(x), y0f = std::floor(y);
+  const int64_t x0 = static_cast<int64_t>(x0f), y0 = static_cast<int64_t>(y0f);
+  const coord_t fx = x - x0f, fy = y - y0f;
+  coord_t v[2][2];
+  for (int j = 0; j < 2; ++j) {
+    for (int i = 0; i < 2; ++i) {
+      const int64_t xi = x0 + i, yj = y0 + j;
+      v[j][i] = (xi >= 0 && xi < W && yj >= 0 && yj < H)
+                    ? static_cast<coord_t>(plane[yj * sh + xi * sw])
+                    : fill;
+    }
+  }
+  gx = sx * ((1 - fy) * (v[0][1] - v[0][0]) + fy * (v[1][1] - v[1][0]));
+  gy = sy * ((1 - fx) * (v[1][0] - v[0][0]) + fx * (v[1][1] - v[0][1]));
 }
 
 // Input position sampled by output pixel (u, v).

@@ -7,6 +7,6 @@ clarity, not speed.
 """
 
 from . import losses as losses
-from .warp import affine_warp
+from .warp import affine_warp, warp_normalize
 
-__all__ = ["affine_warp"]
+__all__ = ["affine_warp", "warp_normalize"]
