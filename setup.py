@@ -107,14 +107,17 @@ def extensions():
         ("INVFAST_TORCH_VERSION", f'"{torch_version}"'),
         ("INVFAST_CUDA_VERSION", f'"{cuda_version}"'),
     ]
-    cxx_flags = ["-O3", "-fdiagnostics-color=always"]
-    link_flags = []
+    # at::parallel_for is inlined into the kernels: without OpenMP here it runs
+    # on one thread, whatever torch.set_num_threads says.
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx_flags = ["-O3", "-fdiagnostics-color=always", *openmp]
+    link_flags = [*openmp]
     if os.environ.get("INVFAST_SANITIZE") == "1":
         if with_cuda:
             raise RuntimeError("INVFAST_SANITIZE=1 builds the CPU kernels only: set INVFAST_CUDA=0")
         sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
-        cxx_flags = ["-O1", "-g", "-fno-omit-frame-pointer", *sanitize]
-        link_flags = sanitize
+        cxx_flags = ["-O1", "-g", "-fno-omit-frame-pointer", *openmp, *sanitize]
+        link_flags = [*openmp, *sanitize]
         log("sanitizers: AddressSanitizer and UndefinedBehaviorSanitizer")
     log(f"torch {torch.__version__}, C++ kernels: yes ({len(sources)} files)")
     if with_cuda:
@@ -131,6 +134,7 @@ def extensions():
             include_dirs=[os.path.realpath(p) for p in extra_includes],
             define_macros=defines + [("INVFAST_WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=link_flags,
         )
     else:
         log(f"CUDA kernels: no ({why})")
