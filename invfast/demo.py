@@ -64,7 +64,8 @@ def median_seconds(fn, min_time: float) -> float:
     from torch.utils import benchmark
 
     fn()  # warm-up
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    # Timer runs on one thread unless told otherwise.
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_time).median
 
 

@@ -61,7 +61,8 @@ def time_fn(fn: Callable[[], object], device: str, min_time: float) -> list[floa
     """Seconds per call of every measured block (warm-up first)."""
     fn()
     _sync(device)
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn})
+    # Timer runs on one thread unless told otherwise.
+    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=min_time)
     return list(m.times)
 
