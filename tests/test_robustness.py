@@ -106,3 +106,89 @@ def test_concurrent_calls_match_sequential():
     for i in range(len(batches)):
         assert torch.equal(results[i][0], expected[i])
         assert torch.equal(results[i][1], grads_expected[i])
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(1, 1, 46341, 46341), (2, 1, 32769, 32769)])
+def test_indices_past_two_to_the_31(shape):
+    """uint8 images with more than 2**31 elements: offsets must be 64-bit."""
+    B, C, H, W = shape
+    assert B * C * H * W > 2**31
+    x = torch.zeros(shape, dtype=torch.uint8)  # pages stay untouched but the corner
+    x[..., H - 5 :, W - 5 :] = torch.arange(25, dtype=torch.uint8).view(5, 5) + 1
+    # Output pixel (u, v) reads input (u + W - 5, v + H - 5): the far corner.
+    m = torch.tensor([[1.0, 0.0, -(W - 5.0)], [0.0, 1.0, -(H - 5.0)]]).expand(B, 2, 3)
+    y = invfast.affine_warp(x, m, size=(5, 5))
+    assert torch.equal(y, x[..., H - 5 :, W - 5 :])
+    z = invfast.affine_warp(x, m, size=(5, 5), mode="nearest", padding_mode="border")
+    assert torch.equal(z, x[..., H - 5 :, W - 5 :])
+
+
+@st.composite
+def logits_pairs(draw):
+    N, C = draw(st.integers(1, 6)), draw(st.integers(1, 40))
+    seed = draw(st.integers(0, 2**31 - 1))
+    scale = draw(st.sampled_from([1.0, 30.0, 1e4]))
+    g = torch.Generator().manual_seed(seed)
+    a, b = (scale * torch.randn(2, N, C, generator=g)).unbind(0)
+    if draw(st.booleans()) and C > 1:
+        # Masked classes: -inf in the same columns of both (a class nobody may pick).
+        cols = torch.rand(C, generator=g) < 0.3
+        cols[0] = False
+        a[:, cols] = b[:, cols] = float("-inf")
+    return a, b
+
+
+@needs_kernels
+@settings(max_examples=100, deadline=None)
+@given(pair=logits_pairs(), reduction=st.sampled_from(["none", "sum", "mean", "batchmean"]))
+def test_losses_finite_where_reference_is(pair, reduction):
+    from invfast import losses as fused
+    from invfast.reference import losses as ref
+
+    a, b = pair
+    for name in ("kl_consistency", "symmetric_kl", "mse_consistency"):
+        got = getattr(fused, name)(a, b, reduction=reduction)
+        expected = getattr(ref, name)(a.double(), b.double(), reduction=reduction)
+        finite = torch.isfinite(expected)
+        assert torch.isfinite(got[finite]).all(), name
+        assert (got[finite] >= -1e-5).all(), name
+        assert_close(got[finite], expected[finite], 2e-4, 2e-4, name)
+    got = fused.js_consistency(a, b, a.flip(0), reduction=reduction)
+    expected = ref.js_consistency(a.double(), b.double(), a.double().flip(0), reduction=reduction)
+    assert_close(got, expected, 2e-4, 2e-4, "js_consistency")
+
+
+@needs_kernels
+def test_concurrent_loss_calls_match_sequential():
+    from invfast import losses
+
+    g = torch.Generator().manual_seed(3)
+    pairs = [torch.randn(2, 300, 37, generator=g).unbind(0) for _ in range(6)]
+
+    def compute(a, b):
+        a = a.clone().requires_grad_()
+        kl = losses.kl_consistency(a, b, teacher_temperature=0.4)
+        js = losses.js_consistency(a, b, b.flip(0))
+        (kl + js).backward()
+        return kl.detach(), js.detach(), a.grad
+
+    expected = [compute(a, b) for a, b in pairs]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                results[i] = compute(*pairs[i])
+        except Exception as exc:  # reported below, in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(pairs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, exp in enumerate(expected):
+        for got, want in zip(results[i], exp):
+            assert torch.equal(got, want)
