@@ -56,9 +56,19 @@ cpp-test:
 
 # The shared library libinvfast.so against the venv's libtorch (CPU; add
 # CMAKE_ARGS=-DINVFAST_WITH_CUDA=ON for the CUDA kernels), then the unit tests.
+# A CUDA build of torch wants the toolkit and NVRTC found even for a CPU-only
+# library: point CMake at the toolkit nvcc runs and at the NVRTC torch's wheel ships.
+TORCH_CMAKE_ARGS = -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+ifneq ($(CUDA_HOME),)
+TORCH_CMAKE_ARGS += -DCUDA_TOOLKIT_ROOT_DIR=$(CUDA_HOME) -DCUDAToolkit_ROOT=$(CUDA_HOME)
+NVRTC := $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/nvidia/cu*/lib/libnvrtc.so*))
+ifneq ($(NVRTC),)
+TORCH_CMAKE_ARGS += -DCUDA_nvrtc_LIBRARY=$(CURDIR)/$(NVRTC)
+endif
+endif
+
 cmake-lib: venv
-	cmake -S . -B build/cmake $(CMAKE_ARGS) \
-	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake -S . -B build/cmake $(CMAKE_ARGS) $(TORCH_CMAKE_ARGS)
 	cmake --build build/cmake -j $(THREADS)
 	ctest --test-dir build/cmake --output-on-failure
 
