@@ -309,6 +309,9 @@ if _ext is not None:
         def setup_context(ctx, inputs, output):
             _, grad_a, grad_b = output
             ctx.mark_non_differentiable(grad_a, grad_b)
+            # NOTE: the gradient outputs get no gradient; without this autograd
+            # would fill two (N, C) buffers of zeros for them on every backward.
+            ctx.set_materialize_grads(False)
             ctx.save_for_backward(grad_a, grad_b)
             ctx.per_row = inputs[reduction_index] == "none"
             ctx.wanted = (inputs[-2], inputs[-1])
@@ -317,7 +320,7 @@ if _ext is not None:
         def backward(ctx, grad, _grad_a, _grad_b):
             saved = ctx.saved_tensors
             result = [None] * ctx.n_inputs
-            for i in range(2):
+            for i in range(2 if grad is not None else 0):
                 if ctx.needs_input_grad[i]:
                     if not ctx.wanted[i]:
                         raise _missing_grad(op, names[i], flags[i])
@@ -338,11 +341,15 @@ if _ext is not None:
         logits, _, _, reduction, compute_grad = inputs
         _, grads = output
         ctx.mark_non_differentiable(*grads)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(*grads)
         ctx.per_row = reduction == "none"
         ctx.compute_grad = compute_grad
+        ctx.n_views = len(logits)
 
     def _js_backward(ctx, grad, _grads):
+        if grad is None:
+            return [None] * ctx.n_views, None, None, None, None
         if not ctx.compute_grad:
             raise _missing_grad("js_consistency", "logits", "compute_grad")
         grads = [_scale_saved(g, grad, ctx.per_row) for g in ctx.saved_tensors]
@@ -356,6 +363,7 @@ if _ext is not None:
         weak, _, _, _, normalize, compute_grad = inputs
         _, kept_fraction, grad = output
         ctx.mark_non_differentiable(kept_fraction, grad)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(grad, kept_fraction)
         rows = weak.numel() // weak.shape[1] if weak.shape[1] else 0
         ctx.rows = max(rows, 1)
@@ -365,7 +373,7 @@ if _ext is not None:
     def _fixmatch_backward(ctx, grad, _kept_fraction, _grad):
         saved, kept_fraction = ctx.saved_tensors
         grad_strong = None
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and grad is not None:
             if not ctx.compute_grad:
                 raise _missing_grad("fixmatch_loss", "strong", "compute_grad")
             # The op's gradient is that of the kept rows' sum; divide by the
