@@ -75,5 +75,41 @@ at::Tensor reduce_rows(const at::Tensor& row_loss, Reduction reduction, const at
 // The placeholder returned for a gradient that was not asked for.
 at::Tensor no_grad(const at::Tensor& x);
 
+// The three pair losses share one launcher per device,
+// run(op, kind, a, b, temperature_a, temperature_b, mask, reduction, grad_a, grad_b).
+// PairOps<run> adapts it to each op's schema, so that both devices register
+// the same signatures without writing them twice.
+using PairResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using PairLauncher = PairResult (*)(const char*, Pair, const at::Tensor&, const at::Tensor&, double,
+                                    double, const c10::optional<at::Tensor>&, c10::string_view,
+                                    bool, bool);
+
+template <PairLauncher run>
+struct PairOps {
+  static PairResult kl_consistency(const at::Tensor& student, const at::Tensor& teacher,
+                                   double temperature, double teacher_temperature,
+                                   const c10::optional<at::Tensor>& mask,
+                                   c10::string_view reduction, bool grad_student,
+                                   bool grad_teacher) {
+    return run("kl_consistency", Pair::KL, student, teacher, temperature, teacher_temperature, mask,
+               reduction, grad_student, grad_teacher);
+  }
+
+  static PairResult symmetric_kl(const at::Tensor& a, const at::Tensor& b, double temperature,
+                                 const c10::optional<at::Tensor>& mask, c10::string_view reduction,
+                                 bool grad_a, bool grad_b) {
+    return run("symmetric_kl", Pair::SymmetricKL, a, b, temperature, temperature, mask, reduction,
+               grad_a, grad_b);
+  }
+
+  static PairResult mse_consistency(const at::Tensor& student, const at::Tensor& teacher,
+                                    double temperature, const c10::optional<at::Tensor>& mask,
+                                    c10::string_view reduction, bool grad_student,
+                                    bool grad_teacher) {
+    return run("mse_consistency", Pair::MSE, student, teacher, temperature, temperature, mask,
+               reduction, grad_student, grad_teacher);
+  }
+};
+
 }  // namespace losses
 }  // namespace invfast

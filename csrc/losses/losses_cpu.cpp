@@ -162,29 +162,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pair_cpu(
   return finish();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> kl_consistency_cpu(
-    const at::Tensor& student, const at::Tensor& teacher, double temperature,
-    double teacher_temperature, const c10::optional<at::Tensor>& mask, c10::string_view reduction,
-    bool grad_student, bool grad_teacher) {
-  return pair_cpu("kl_consistency", Pair::KL, student, teacher, temperature, teacher_temperature,
-                  mask, reduction, grad_student, grad_teacher);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> symmetric_kl_cpu(
-    const at::Tensor& a, const at::Tensor& b, double temperature,
-    const c10::optional<at::Tensor>& mask, c10::string_view reduction, bool grad_a, bool grad_b) {
-  return pair_cpu("symmetric_kl", Pair::SymmetricKL, a, b, temperature, temperature, mask,
-                  reduction, grad_a, grad_b);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mse_consistency_cpu(
-    const at::Tensor& student, const at::Tensor& teacher, double temperature,
-    const c10::optional<at::Tensor>& mask, c10::string_view reduction, bool grad_student,
-    bool grad_teacher) {
-  return pair_cpu("mse_consistency", Pair::MSE, student, teacher, temperature, temperature, mask,
-                  reduction, grad_student, grad_teacher);
-}
-
 std::tuple<at::Tensor, std::vector<at::Tensor>> js_consistency_cpu(
     at::TensorList logits, c10::optional<at::ArrayRef<double>> weights, double temperature,
     c10::string_view reduction, bool compute_grad) {
@@ -322,9 +299,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fixmatch_loss_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(invfast, CPU, m) {
-  m.impl("kl_consistency", &kl_consistency_cpu);
-  m.impl("symmetric_kl", &symmetric_kl_cpu);
-  m.impl("mse_consistency", &mse_consistency_cpu);
+  using Ops = PairOps<&pair_cpu>;
+  m.impl("kl_consistency", &Ops::kl_consistency);
+  m.impl("symmetric_kl", &Ops::symmetric_kl);
+  m.impl("mse_consistency", &Ops::mse_consistency);
   m.impl("js_consistency", &js_consistency_cpu);
   m.impl("fixmatch_loss", &fixmatch_loss_cpu);
 }
