@@ -52,7 +52,14 @@ class TestAgainstReference:
     @pytest.mark.parametrize("align_corners", [False, True])
     @pytest.mark.parametrize(
         "B,C,H,W,size",
-        [(1, 1, 8, 8, None), (3, 3, 17, 24, None), (2, 4, 15, 9, (21, 12)), (5, 2, 1, 7, (3, 4))],
+        [
+            (1, 1, 8, 8, None),
+            (3, 3, 17, 24, None),
+            (2, 4, 15, 9, (21, 12)),
+            (5, 2, 1, 7, (3, 4)),
+            # Rows long enough for the vector paths, with partial last vectors.
+            (4, 3, 40, 53, (37, 45)),
+        ],
     )
     def test_fp32(self, device, mode, padding_mode, align_corners, B, C, H, W, size):
         x = images_like(B, C, H, W, device=device)

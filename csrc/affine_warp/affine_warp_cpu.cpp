@@ -223,6 +223,131 @@ __attribute__((target("avx2,fma"))) int64_t interior_run_avx2(
   }
   return u;
 }
+
+// Element offsets iy * sh + ix * sw of eight pixels.
+__attribute__((target("avx2,fma"))) inline __m256i plane_offsets(__m256i ix, __m256i iy,
+                                                                 __m256i vsh, __m256i vsw) {
+  return _mm256_add_epi32(_mm256_mullo_epi32(iy, vsh), _mm256_mullo_epi32(ix, vsw));
+}
+
+// Samples output columns [lo, hi) of one row, eight at a time, wherever they
+// read: the vector counterpart of `footprint` + `sample_linear` for zeros,
+// fill and border padding. Taps outside the image are never loaded (masked
+// gathers of clamped offsets) and read the channel's fill value; positions
+// that are non-finite or touch no pixel take the fill value. The last columns
+// are written through a lane mask. Same image and row conditions as
+// `interior_run_avx2`.
+template <bool kBilinear>
+__attribute__((target("avx2,fma"))) void edge_run_avx2(const float* src, int64_t C, int64_t in_sc,
+                                                       int64_t sh, int64_t sw, int64_t H, int64_t W,
+                                                       bool border, float a, float rx, float d,
+                                                       float ry, int64_t lo, int64_t hi,
+                                                       const float* fill, float* out,
+                                                       int64_t out_sc) {
+  const __m256 lane = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
+  const __m256 va = _mm256_set1_ps(a), vd = _mm256_set1_ps(d);
+  const __m256 vrx = _mm256_set1_ps(rx), vry = _mm256_set1_ps(ry);
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.f);
+  const __m256 huge = _mm256_set1_ps(std::numeric_limits<float>::max());
+  const __m256 xlast = _mm256_set1_ps(static_cast<float>(W - 1));
+  const __m256 ylast = _mm256_set1_ps(static_cast<float>(H - 1));
+  const __m256i izero = _mm256_setzero_si256(), ione = _mm256_set1_epi32(1);
+  const __m256i ixlast = _mm256_set1_epi32(static_cast<int>(W - 1));
+  const __m256i iylast = _mm256_set1_epi32(static_cast<int>(H - 1));
+  const __m256i vsh = _mm256_set1_epi32(static_cast<int>(sh));
+  const __m256i vsw = _mm256_set1_epi32(static_cast<int>(sw));
+  const __m256i first_lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t u = lo; u < hi; u += 8) {
+    // Lanes past `hi` are computed (from in-image offsets) but not stored.
+    const __m256i store = _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(static_cast<int>(std::min<int64_t>(hi - u, 8))), first_lanes);
+    const __m256 uf = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(u)), lane);
+    __m256 x = _mm256_fmadd_ps(va, uf, vrx);
+    __m256 y = _mm256_fmadd_ps(vd, uf, vry);
+    // |x| <= FLT_MAX fails for NaN and both infinities.
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 finite =
+        _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(x, abs_mask), huge, _CMP_LE_OQ),
+                      _mm256_cmp_ps(_mm256_and_ps(y, abs_mask), huge, _CMP_LE_OQ));
+    if (border) {
+      x = _mm256_min_ps(_mm256_max_ps(x, zero), xlast);
+      y = _mm256_min_ps(_mm256_max_ps(y, zero), ylast);
+    }
+    __m256 ok;
+    if (kBilinear) {
+      const __m256 minus_one = _mm256_set1_ps(-1.f);
+      ok = _mm256_and_ps(finite, _mm256_and_ps(_mm256_cmp_ps(x, minus_one, _CMP_GT_OQ),
+                                               _mm256_cmp_ps(y, minus_one, _CMP_GT_OQ)));
+      ok =
+          _mm256_and_ps(ok, _mm256_and_ps(_mm256_cmp_ps(x, _mm256_add_ps(xlast, one), _CMP_LT_OQ),
+                                          _mm256_cmp_ps(y, _mm256_add_ps(ylast, one), _CMP_LT_OQ)));
+    } else {
+      x = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      y = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      ok = _mm256_and_ps(finite, _mm256_and_ps(_mm256_cmp_ps(x, zero, _CMP_GE_OQ),
+                                               _mm256_cmp_ps(y, zero, _CMP_GE_OQ)));
+      ok = _mm256_and_ps(ok, _mm256_and_ps(_mm256_cmp_ps(x, xlast, _CMP_LE_OQ),
+                                           _mm256_cmp_ps(y, ylast, _CMP_LE_OQ)));
+    }
+    if (_mm256_testz_si256(_mm256_castps_si256(ok), _mm256_castps_si256(ok))) {
+      // Nothing in these eight columns reads the image.
+      for (int64_t c = 0; c < C; ++c) {
+        _mm256_maskstore_ps(out + c * out_sc + u, store, _mm256_set1_ps(fill[c]));
+      }
+      continue;
+    }
+    // Positions that read nothing move to (0, 0), so every conversion below
+    // is of a small number; their taps are masked off all the same.
+    x = _mm256_and_ps(x, ok);
+    y = _mm256_and_ps(y, ok);
+    if (!kBilinear) {
+      const __m256i off = plane_offsets(_mm256_cvttps_epi32(x), _mm256_cvttps_epi32(y), vsh, vsw);
+      for (int64_t c = 0; c < C; ++c) {
+        const __m256 f = _mm256_set1_ps(fill[c]);
+        const __m256 r = _mm256_mask_i32gather_ps(f, src + c * in_sc, off, ok, 4);
+        _mm256_maskstore_ps(out + c * out_sc + u, store, r);
+      }
+      continue;
+    }
+    const __m256 x0f = _mm256_floor_ps(x), y0f = _mm256_floor_ps(y);
+    const __m256 fx = _mm256_sub_ps(x, x0f), fy = _mm256_sub_ps(y, y0f);
+    const __m256i ix0 = _mm256_cvttps_epi32(x0f), iy0 = _mm256_cvttps_epi32(y0f);
+    // Which of the taps x0, x0 + 1, y0, y0 + 1 lie in the image.
+    const __m256i in_x0 = _mm256_cmpgt_epi32(ix0, _mm256_set1_epi32(-1));
+    const __m256i in_x1 = _mm256_cmpgt_epi32(ixlast, ix0);
+    const __m256i in_y0 = _mm256_cmpgt_epi32(iy0, _mm256_set1_epi32(-1));
+    const __m256i in_y1 = _mm256_cmpgt_epi32(iylast, iy0);
+    const __m256i iok = _mm256_castps_si256(ok);
+    const __m256 m00 = _mm256_castsi256_ps(_mm256_and_si256(iok, _mm256_and_si256(in_y0, in_x0)));
+    const __m256 m01 = _mm256_castsi256_ps(_mm256_and_si256(iok, _mm256_and_si256(in_y0, in_x1)));
+    const __m256 m10 = _mm256_castsi256_ps(_mm256_and_si256(iok, _mm256_and_si256(in_y1, in_x0)));
+    const __m256 m11 = _mm256_castsi256_ps(_mm256_and_si256(iok, _mm256_and_si256(in_y1, in_x1)));
+    const __m256 wx0 = _mm256_sub_ps(one, fx), wy0 = _mm256_sub_ps(one, fy);
+    const __m256 w00 = _mm256_mul_ps(wy0, wx0), w01 = _mm256_mul_ps(wy0, fx);
+    const __m256 w10 = _mm256_mul_ps(fy, wx0), w11 = _mm256_mul_ps(fy, fx);
+    // The weight of the taps outside, which read the fill value; all of it
+    // for positions that read nothing.
+    __m256 outside = _mm256_add_ps(_mm256_andnot_ps(m00, w00), _mm256_andnot_ps(m01, w01));
+    outside = _mm256_add_ps(outside, _mm256_andnot_ps(m10, w10));
+    outside = _mm256_add_ps(outside, _mm256_andnot_ps(m11, w11));
+    outside = _mm256_blendv_ps(one, outside, ok);
+    const __m256i cx0 = _mm256_max_epi32(ix0, izero);
+    const __m256i cx1 = _mm256_min_epi32(_mm256_add_epi32(ix0, ione), ixlast);
+    const __m256i cy0 = _mm256_max_epi32(iy0, izero);
+    const __m256i cy1 = _mm256_min_epi32(_mm256_add_epi32(iy0, ione), iylast);
+    const __m256i o00 = plane_offsets(cx0, cy0, vsh, vsw), o01 = plane_offsets(cx1, cy0, vsh, vsw);
+    const __m256i o10 = plane_offsets(cx0, cy1, vsh, vsw), o11 = plane_offsets(cx1, cy1, vsh, vsw);
+    for (int64_t c = 0; c < C; ++c) {
+      const float* p = src + c * in_sc;
+      __m256 acc = _mm256_mul_ps(outside, _mm256_set1_ps(fill[c]));
+      acc = _mm256_fmadd_ps(w00, _mm256_mask_i32gather_ps(zero, p, o00, m00, 4), acc);
+      acc = _mm256_fmadd_ps(w01, _mm256_mask_i32gather_ps(zero, p, o01, m01, 4), acc);
+      acc = _mm256_fmadd_ps(w10, _mm256_mask_i32gather_ps(zero, p, o10, m10, 4), acc);
+      acc = _mm256_fmadd_ps(w11, _mm256_mask_i32gather_ps(zero, p, o11, m11, 4), acc);
+      _mm256_maskstore_ps(out + c * out_sc + u, store, acc);
+    }
+  }
+}
 #endif
 
 // Strides and sizes of one call; outputs and output gradients are seen as
@@ -406,13 +531,25 @@ void forward_kernel(const at::Tensor& images, const at::Tensor& matrices, const 
             const float rx = m.b * vf + m.c, ry = m.e * vf + m.f;
             int64_t lo, hi;
             interior_columns(m.a, rx, m.d, ry, H, W, Wo, lo, hi);
-            span(0, lo);
+            // Reflection keeps the scalar code for the columns near the edges.
+            const auto edges = [&](int64_t u_begin, int64_t u_end) {
+              if (opt.padding == Padding::Reflection) {
+                span(u_begin, u_end);
+              } else if (bilinear) {
+                edge_run_avx2<true>(src, C, in_sc, sh, sw, H, W, opt.padding == Padding::Border,
+                                    m.a, rx, m.d, ry, u_begin, u_end, fill, o, out_sc);
+              } else {
+                edge_run_avx2<false>(src, C, in_sc, sh, sw, H, W, opt.padding == Padding::Border,
+                                     m.a, rx, m.d, ry, u_begin, u_end, fill, o, out_sc);
+              }
+            };
+            edges(0, lo);
             const int64_t done = bilinear
                                      ? interior_run_avx2<true>(src, C, in_sc, sh, sw, H, W, m.a, rx,
                                                                m.d, ry, lo, hi, o, out_sc)
                                      : interior_run_avx2<false>(src, C, in_sc, sh, sw, H, W, m.a,
                                                                 rx, m.d, ry, lo, hi, o, out_sc);
-            span(done, Wo);
+            edges(done, Wo);
             continue;
           }
         }
