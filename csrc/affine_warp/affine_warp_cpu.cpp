@@ -403,6 +403,32 @@ inline bool is_identity(const InverseAffine<coord_t>& m) {
   return m.a == 1 && m.b == 0 && m.c == 0 && m.d == 0 && m.e == 1 && m.f == 0;
 }
 
+// Elements from a sample's first to its last, or 0 for strides that are not
+// all non-negative (then nothing is prefetched).
+int64_t sample_extent(const Plan& p) {
+  if (p.C == 0 || p.H == 0 || p.W == 0 || p.in_sc < 0 || p.sh < 0 || p.sw < 0) {
+    return 0;
+  }
+  return (p.C - 1) * p.in_sc + (p.H - 1) * p.sh + (p.W - 1) * p.sw + 1;
+}
+
+// Asks for the `part`-th of `parts` equal shares of a sample's bytes. A
+// rotated or sheared row reads its image along a slant that the hardware
+// prefetchers do not follow, so every first touch of a line would wait on
+// memory; fetching the next sample share by share while this one is warped
+// makes those first touches hits.
+inline void prefetch_share(const void* sample, int64_t bytes, int64_t part, int64_t parts) {
+#if defined(__GNUC__)
+  const char* base = static_cast<const char*>(sample);
+  constexpr int64_t kLine = 64;
+  for (int64_t i = bytes * part / parts; i < bytes * (part + 1) / parts; i += kLine) {
+    __builtin_prefetch(base + i, 0, 2);
+  }
+#else
+  (void)sample, (void)bytes, (void)part, (void)parts;
+#endif
+}
+
 template <typename in_t, typename out_t>
 void forward_kernel(const at::Tensor& images, const at::Tensor& matrices, const Plan& p,
                     const Epilogue<acc_t<in_t>>& ep, out_t* dst) {
@@ -426,6 +452,8 @@ void forward_kernel(const at::Tensor& images, const at::Tensor& matrices, const 
                            (H - 1) * sh + (W - 1) * sw < std::numeric_limits<int32_t>::max();
 #endif
 
+  const int64_t sample_bytes = sample_extent(p) * static_cast<int64_t>(sizeof(in_t));
+
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, Wo * C * p.K));
   at::parallel_for(0, p.B * Ho, grain, [&](int64_t begin, int64_t end) {
     Chunk<coord_t> ch;
@@ -433,6 +461,9 @@ void forward_kernel(const at::Tensor& images, const at::Tensor& matrices, const 
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / Ho, v = row % Ho;
       const in_t* src = in + b * p.in_sb;
+      if (b + 1 < p.B) {
+        prefetch_share(in + (b + 1) * p.in_sb, sample_bytes, v, Ho);
+      }
       // Every view of this row while the sample's image is in cache.
       for (int64_t k = 0; k < p.K; ++k) {
         const auto& m = inv[k * p.B + b];
