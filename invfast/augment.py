@@ -329,6 +329,7 @@ class RandomAffine(nn.Module):
         return_matrices: bool = False,
         sample_ids: torch.Tensor | None = None,
         step=0,
+        out: torch.Tensor | None = None,
     ):
         """Warps ``images`` (Tensor[B, C, H, W]) by freshly drawn matrices.
 
@@ -339,6 +340,10 @@ class RandomAffine(nn.Module):
             sample_ids (Tensor[B], int64, optional): the samples' global indices,
                 for the counter-based generator. Default: ``arange(B)``.
             step (int or Tensor[]): the training step, for the counter-based generator.
+            out (Tensor, optional): where to write the views, as :func:`affine_warp`'s
+                ``out``. One buffer reused across steps saves allocating the output on
+                every call, which for large batches is a good part of the cost on CPU.
+                Nothing the previous step still needs may live in it.
         """
         matrices = self.sample_matrices(
             images, generator=generator, sample_ids=sample_ids, step=step
@@ -351,6 +356,7 @@ class RandomAffine(nn.Module):
             align_corners=self.align_corners,
             fill=self.fill,
             size=self.size,
+            out=out,
         )
         return (views, matrices) if return_matrices else views
 

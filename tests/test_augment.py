@@ -110,6 +110,18 @@ class TestNewTransforms:
         both = invfast.RandomAffine(hflip=1.0, vflip=1.0, seed=0)
         assert torch.equal(both(x), x.flip(-1).flip(-2))
 
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_out_buffer_is_reused(self, device):
+        x = images(6, device=device)
+        aug = invfast.RandomAffine(30, translate=(0.1, 0.1), scale=(0.8, 1.2), seed=4)
+        buffer = torch.full_like(x, float("nan"))
+        for step in range(2):
+            got = aug(x, step=step, out=buffer)
+            assert got.data_ptr() == buffer.data_ptr()
+            assert torch.equal(got, aug(x, step=step))
+        with pytest.raises(ValueError, match="out must have shape"):
+            aug(x, out=torch.empty(6, 3, 20, 25, device=device))
+
     def test_p_zero_copies(self):
         x = (images(4) * 255).to(torch.uint8)
         aug = invfast.RandomAffine(45, p=0.0, seed=3)

@@ -47,8 +47,10 @@ def cases(device: str, quick: bool) -> list[Case]:
     for B, side in QUICK_SHAPES if quick else SHAPES:
         images = torch.rand(B, 3, side, side, generator=torch.Generator().manual_seed(0))
         images = images.to(device)
+        buf = torch.empty_like(images)
         providers = [
             Provider("invfast RandomAffine", lambda i=images: aug(i)),
+            Provider("invfast RandomAffine, out=", lambda i=images, b=buf: aug(i, out=b)),
             Provider("reference (affine_grid + grid_sample)", lambda i=images: ref_step(i)),
             *peers(images),
         ]

@@ -152,28 +152,37 @@ def speedup(ratio: float) -> str:
 
 
 def markdown(results: list[Result]) -> str:
-    """One table per case; ratios say how many times faster the first provider is."""
+    """One table per case, with a ratio column for each of invfast's providers.
+
+    The ratios say how many times faster that provider is than each row; the
+    first provider always gets a column.
+    """
     out = []
     cases: dict[tuple[str, str, str], list[Result]] = {}
     for r in results:
         cases.setdefault((r.family, r.case, r.device), []).append(r)
     for (family, case, device), rows in cases.items():
-        first = rows[0]
+        ours = [r for r in rows if r is rows[0] or r.provider.startswith("invfast")]
+        ours = [r for r in ours if not r.error]
         out.append(f"\n**{family}: {case}** ({device})\n")
         out.append(
-            f"| provider | median ms | p20-p80 ms | {first.unit}/s | GB/s | of copy "
-            f"| peak MiB | {first.provider} is |"
+            f"| provider | median ms | p20-p80 ms | {rows[0].unit}/s | GB/s | of copy "
+            "| peak MiB | " + " | ".join(f"{o.provider} is" for o in ours) + " |"
         )
-        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(ours))
         for r in rows:
             if r.error:
-                out.append(f"| {r.provider} | failed: {r.error[:60]} | | | | | | |")
+                out.append(
+                    f"| {r.provider} | failed: {r.error[:60]} | | | | | |" + " |" * len(ours)
+                )
                 continue
-            ratio = "-" if r is first else speedup(r.median_ms / first.median_ms)
+            ratios = ["-" if r is o else speedup(r.median_ms / o.median_ms) for o in ours]
             peak = "-" if r.peak_mib is None else f"{r.peak_mib:.0f}"
             out.append(
                 f"| {r.provider} | {r.median_ms:.3f} | {r.p20_ms:.3f}-{r.p80_ms:.3f} "
-                f"| {r.per_s:,.0f} | {r.gbps:.1f} | {r.copy_fraction:.0%} | {peak} | {ratio} |"
+                f"| {r.per_s:,.0f} | {r.gbps:.1f} | {r.copy_fraction:.0%} | {peak} | "
+                + " | ".join(ratios)
+                + " |"
             )
     return "\n".join(out)
 
