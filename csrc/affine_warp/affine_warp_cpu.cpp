@@ -149,20 +149,48 @@ bool cpu_has_avx2() {
   return has;
 }
 
-// Loads the pairs (p[idx[i]], p[idx[i] + 1]) of eight float offsets and
-// returns the first and second elements of the pairs in lane order.
-__attribute__((target("avx2,fma"))) inline void gather_pairs(const float* p, __m256i idx,
-                                                             __m256& first, __m256& second) {
-  const double* base = reinterpret_cast<const double*>(p);
-  // Lanes hold (a0 b0 a1 b1 | a2 b2 a3 b3) and (a4 b4 a5 b5 | a6 b6 a7 b7).
-  const __m256 lo = _mm256_castpd_ps(_mm256_i32gather_pd(base, _mm256_castsi256_si128(idx), 4));
-  const __m256 hi =
-      _mm256_castpd_ps(_mm256_i32gather_pd(base, _mm256_extracti128_si256(idx, 1), 4));
-  // (a0 a1 a4 a5 | a2 a3 a6 a7) -> (a0 a1 a2 a3 | a4 a5 a6 a7), and the same for b.
-  const __m256 a = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
-  const __m256 b = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
-  first = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(a), _MM_SHUFFLE(3, 1, 2, 0)));
-  second = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(b), _MM_SHUFFLE(3, 1, 2, 0)));
+// The taps of a bilinear sample, for eight pixels whose horizontal neighbours
+// are adjacent (unit stride): each pair (p[o], p[o + 1]) is gathered as one
+// 64-bit element. The pixels go in two gathers, (0 1 4 5) and (2 3 6 7), so
+// that the pairs sit in the order `_mm256_unpacklo_ps` / `_mm256_unpackhi_ps`
+// put per-pixel weights in, and one `_mm256_hadd_ps` of the weighted pairs
+// returns the eight results in lane order.
+struct PairWeights {
+  __m128i idx_lo, idx_hi;       // offsets of pixels (0 1 4 5) and (2 3 6 7)
+  __m256 top_lo, top_hi;        // weights of the upper pairs, interleaved
+  __m256 bottom_lo, bottom_hi;  // and of the lower pairs
+};
+
+__attribute__((target("avx2,fma"))) inline PairWeights pair_weights(__m256i idx, __m256 fx,
+                                                                    __m256 fy) {
+  const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+  const __m256i ordered = _mm256_permutevar8x32_epi32(idx, order);
+  const __m256 one = _mm256_set1_ps(1.f);
+  const __m256 gx = _mm256_sub_ps(one, fx), gy = _mm256_sub_ps(one, fy);
+  // (1 - fx, fx) per pixel, and the row weight repeated for both taps.
+  const __m256 wx_lo = _mm256_unpacklo_ps(gx, fx), wx_hi = _mm256_unpackhi_ps(gx, fx);
+  PairWeights w;
+  w.idx_lo = _mm256_castsi256_si128(ordered);
+  w.idx_hi = _mm256_extracti128_si256(ordered, 1);
+  w.top_lo = _mm256_mul_ps(wx_lo, _mm256_unpacklo_ps(gy, gy));
+  w.top_hi = _mm256_mul_ps(wx_hi, _mm256_unpackhi_ps(gy, gy));
+  w.bottom_lo = _mm256_mul_ps(wx_lo, _mm256_unpacklo_ps(fy, fy));
+  w.bottom_hi = _mm256_mul_ps(wx_hi, _mm256_unpackhi_ps(fy, fy));
+  return w;
+}
+
+// One channel of eight bilinear samples from the plane `p` with row stride sh.
+__attribute__((target("avx2,fma"))) inline __m256 sample_pairs(const float* p, int64_t sh,
+                                                               const PairWeights& w) {
+  const double* top = reinterpret_cast<const double*>(p);
+  const double* bottom = reinterpret_cast<const double*>(p + sh);
+  const __m256 t_lo = _mm256_castpd_ps(_mm256_i32gather_pd(top, w.idx_lo, 4));
+  const __m256 t_hi = _mm256_castpd_ps(_mm256_i32gather_pd(top, w.idx_hi, 4));
+  const __m256 b_lo = _mm256_castpd_ps(_mm256_i32gather_pd(bottom, w.idx_lo, 4));
+  const __m256 b_hi = _mm256_castpd_ps(_mm256_i32gather_pd(bottom, w.idx_hi, 4));
+  const __m256 lo = _mm256_fmadd_ps(b_lo, w.bottom_lo, _mm256_mul_ps(t_lo, w.top_lo));
+  const __m256 hi = _mm256_fmadd_ps(b_hi, w.bottom_hi, _mm256_mul_ps(t_hi, w.top_hi));
+  return _mm256_hadd_ps(lo, hi);
 }
 
 // Samples output columns [lo, hi) of one row, eight at a time, for float
@@ -196,25 +224,30 @@ __attribute__((target("avx2,fma"))) int64_t interior_run_avx2(
     __m256i iy = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(yf), zero), ymax);
     const __m256i idx = _mm256_add_epi32(_mm256_mullo_epi32(iy, vsh), _mm256_mullo_epi32(ix, vsw));
     const __m256 fx = _mm256_sub_ps(x, xf), fy = _mm256_sub_ps(y, yf);
+    if (kBilinear && sw == 1) {
+      // Horizontal neighbours are adjacent: half the gathered elements.
+      const PairWeights w = pair_weights(idx, fx, fy);
+      for (int64_t c = 0; c < C; ++c) {
+        _mm256_storeu_ps(out + c * out_sc + u, sample_pairs(src + c * in_sc, sh, w));
+      }
+      continue;
+    }
+    const __m256 gx = _mm256_sub_ps(_mm256_set1_ps(1.f), fx);
+    const __m256 gy = _mm256_sub_ps(_mm256_set1_ps(1.f), fy);
+    const __m256 w00 = _mm256_mul_ps(gx, gy), w01 = _mm256_mul_ps(fx, gy);
+    const __m256 w10 = _mm256_mul_ps(gx, fy), w11 = _mm256_mul_ps(fx, fy);
     for (int64_t c = 0; c < C; ++c) {
       const float* p = src + c * in_sc;
       __m256 r;
       if (kBilinear) {
-        __m256 v00, v01, v10, v11;
-        if (sw == 1) {
-          // Horizontal neighbours are adjacent: gather them as 64-bit pairs
-          // (half the gathered elements), then split the pairs.
-          gather_pairs(p, idx, v00, v01);
-          gather_pairs(p + sh, idx, v10, v11);
-        } else {
-          v00 = _mm256_i32gather_ps(p, idx, 4);
-          v01 = _mm256_i32gather_ps(p + sw, idx, 4);
-          v10 = _mm256_i32gather_ps(p + sh, idx, 4);
-          v11 = _mm256_i32gather_ps(p + sd, idx, 4);
-        }
-        const __m256 top = _mm256_fmadd_ps(fx, _mm256_sub_ps(v01, v00), v00);
-        const __m256 bottom = _mm256_fmadd_ps(fx, _mm256_sub_ps(v11, v10), v10);
-        r = _mm256_fmadd_ps(fy, _mm256_sub_ps(bottom, top), top);
+        const __m256 v00 = _mm256_i32gather_ps(p, idx, 4);
+        const __m256 v01 = _mm256_i32gather_ps(p + sw, idx, 4);
+        const __m256 v10 = _mm256_i32gather_ps(p + sh, idx, 4);
+        const __m256 v11 = _mm256_i32gather_ps(p + sd, idx, 4);
+        // The operations of `sample_pairs`, so that both paths agree bitwise.
+        const __m256 left = _mm256_fmadd_ps(v10, w10, _mm256_mul_ps(v00, w00));
+        const __m256 right = _mm256_fmadd_ps(v11, w11, _mm256_mul_ps(v01, w01));
+        r = _mm256_add_ps(left, right);
       } else {
         r = _mm256_i32gather_ps(p, idx, 4);
       }
