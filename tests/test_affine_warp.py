@@ -591,6 +591,20 @@ class TestDtypesAndLayouts:
         expected = expected_warp(x, m, odt, **kw)
         check_warp(got, expected, mode, odt, scale, f"{dtype}->{odt} {layout}")
 
+    @pytest.mark.parametrize("C", [1, 2, 3, 4])
+    @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+    def test_uint8_channels_last_reads_up_to_the_last_pixel(self, C, mode):
+        # The vector path gathers 4 bytes per tap; near the last pixel of the
+        # tensor that would pass its end, so those rows must take the scalar
+        # path (the sanitizer build checks that nothing past the end is read).
+        x = in_layout(typed_images(2, C, 12, 20, torch.uint8, "cpu"), "channels_last")
+        shift = torch.tensor([[1.0, 0.0, -0.25], [0.0, 1.0, -0.25]]).expand(2, 2, 3)
+        kw = dict(mode=mode, size=(12, 24))
+        got = invfast.affine_warp(x, shift, out_dtype=torch.float32, **kw)
+        expected = expected_warp(x, shift, torch.float32, **kw)
+        check_warp(got, expected, mode, torch.float32, 255.0, f"uint8 C={C} {mode}")
+        assert got[:, :, -1, 19].ne(0).any()
+
     @pytest.mark.parametrize("device", DEVICES)
     @pytest.mark.parametrize("layout", LAYOUTS)
     def test_uint8_rounds_to_nearest_and_saturates(self, device, layout):

@@ -263,6 +263,77 @@ __attribute__((target("avx2,fma"))) inline __m256i plane_offsets(__m256i ix, __m
   return _mm256_add_epi32(_mm256_mullo_epi32(iy, vsh), _mm256_mullo_epi32(ix, vsw));
 }
 
+// The low byte of each 32-bit lane, as a float.
+__attribute__((target("avx2,fma"))) inline __m256 low_byte(__m256i taps, __m256i byte) {
+  return _mm256_cvtepi32_ps(_mm256_and_si256(taps, byte));
+}
+
+// Samples output columns [lo, hi) of one row of a channels-last uint8 image
+// with C <= 4 into float planes of unit stride, eight pixels at a time: one
+// 32-bit gather per tap fetches every channel of the pixel, which the lanes
+// then take apart byte by byte. Each result is `value * scale[c] + shift[c]`.
+// The gathers read up to 4 - C bytes past a tap's last channel, so the
+// caller keeps the columns away from the last pixel of the tensor. Returns
+// the first column left for the scalar code.
+template <bool kBilinear>
+__attribute__((target("avx2,fma"))) int64_t
+interior_run_u8_avx2(const uint8_t* src, int64_t C, int64_t sh, int64_t sw, int64_t H, int64_t W,
+                     float a, float rx, float d, float ry, int64_t lo, int64_t hi,
+                     const float* scale, const float* shift, float* out, int64_t out_sc) {
+  const __m256 lane = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
+  const __m256 va = _mm256_set1_ps(a), vd = _mm256_set1_ps(d);
+  const __m256 vrx = _mm256_set1_ps(rx), vry = _mm256_set1_ps(ry);
+  const __m256i zero = _mm256_setzero_si256(), byte = _mm256_set1_epi32(0xff);
+  const int last = kBilinear ? 2 : 1;
+  const __m256i xmax = _mm256_set1_epi32(static_cast<int>(std::max<int64_t>(W - last, 0)));
+  const __m256i ymax = _mm256_set1_epi32(static_cast<int>(std::max<int64_t>(H - last, 0)));
+  const __m256i vsh = _mm256_set1_epi32(static_cast<int>(sh));
+  const __m256i vsw = _mm256_set1_epi32(static_cast<int>(sw));
+  const int* base = reinterpret_cast<const int*>(src);
+  const auto* bytes = reinterpret_cast<const char*>(src);
+  int64_t u = lo;
+  for (; u + 8 <= hi; u += 8) {
+    const __m256 uf = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(u)), lane);
+    const __m256 x = _mm256_fmadd_ps(va, uf, vrx);
+    const __m256 y = _mm256_fmadd_ps(vd, uf, vry);
+    const int mode = kBilinear ? _MM_FROUND_TO_NEG_INF : _MM_FROUND_TO_NEAREST_INT;
+    const __m256 xf = _mm256_round_ps(x, mode | _MM_FROUND_NO_EXC);
+    const __m256 yf = _mm256_round_ps(y, mode | _MM_FROUND_NO_EXC);
+    const __m256i ix = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(xf), zero), xmax);
+    const __m256i iy = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(yf), zero), ymax);
+    const __m256i idx = plane_offsets(ix, iy, vsh, vsw);
+    __m256i t00 = _mm256_i32gather_epi32(base, idx, 1), t01 = zero, t10 = zero, t11 = zero;
+    __m256 w00 = _mm256_set1_ps(1.f), w01 = w00, w10 = w00, w11 = w00;
+    if (kBilinear) {
+      t01 = _mm256_i32gather_epi32(reinterpret_cast<const int*>(bytes + sw), idx, 1);
+      t10 = _mm256_i32gather_epi32(reinterpret_cast<const int*>(bytes + sh), idx, 1);
+      t11 = _mm256_i32gather_epi32(reinterpret_cast<const int*>(bytes + sh + sw), idx, 1);
+      const __m256 fx = _mm256_sub_ps(x, xf), fy = _mm256_sub_ps(y, yf);
+      const __m256 gx = _mm256_sub_ps(_mm256_set1_ps(1.f), fx);
+      const __m256 gy = _mm256_sub_ps(_mm256_set1_ps(1.f), fy);
+      w00 = _mm256_mul_ps(gx, gy), w01 = _mm256_mul_ps(fx, gy);
+      w10 = _mm256_mul_ps(gx, fy), w11 = _mm256_mul_ps(fx, fy);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      __m256 r = low_byte(t00, byte);
+      if (kBilinear) {
+        const __m256 left = _mm256_fmadd_ps(low_byte(t10, byte), w10, _mm256_mul_ps(r, w00));
+        const __m256 right =
+            _mm256_fmadd_ps(low_byte(t11, byte), w11, _mm256_mul_ps(low_byte(t01, byte), w01));
+        r = _mm256_add_ps(left, right);
+      }
+      r = _mm256_fmadd_ps(r, _mm256_set1_ps(scale[c]), _mm256_set1_ps(shift[c]));
+      _mm256_storeu_ps(out + c * out_sc + u, r);
+      // The next channel is the next byte of each tap.
+      t00 = _mm256_srli_epi32(t00, 8);
+      t01 = _mm256_srli_epi32(t01, 8);
+      t10 = _mm256_srli_epi32(t10, 8);
+      t11 = _mm256_srli_epi32(t11, 8);
+    }
+  }
+  return u;
+}
+
 // Samples output columns [lo, hi) of one row, eight at a time, wherever they
 // read: the vector counterpart of `footprint` + `sample_linear` for zeros,
 // fill and border padding. Taps outside the image are never loaded (masked
@@ -483,6 +554,32 @@ void forward_kernel(const at::Tensor& images, const at::Tensor& matrices, const 
   const bool vector_rows = kFloats && !ep.affine && cpu_has_avx2() && out_sw == 1 && H > 0 &&
                            W > 0 && sh >= 0 && sw >= 0 && in_sc >= 0 &&
                            (H - 1) * sh + (W - 1) * sw < std::numeric_limits<int32_t>::max();
+  // uint8 channels-last pixels to float planes: every channel of a tap in one
+  // 32-bit gather, which may read up to 3 bytes past the tap's channels.
+  constexpr bool kBytesToFloat = std::is_same_v<in_t, uint8_t> && std::is_same_v<out_t, float>;
+  const bool vector_bytes = kBytesToFloat && cpu_has_avx2() && out_sw == 1 && in_sc == 1 &&
+                            C >= 1 && C <= 4 && sw >= C && sh >= 0 && p.in_sb >= 0 && H > 0 &&
+                            W > 0 &&
+                            (H - 1) * sh + (W - 1) * sw + 4 < std::numeric_limits<int32_t>::max();
+  // Bytes from the first element of the images to the end of the last one.
+  const int64_t images_end =
+      (p.B - 1) * p.in_sb + (C - 1) * in_sc + (H - 1) * sh + (W - 1) * sw + 1;
+  // The rows of sample b that the byte gathers may use: all of them, or all
+  // but the last where a 4-byte read at the last pixel would pass the end of
+  // the images; 0 when neither is safe.
+  const auto byte_rows = [&](int64_t b) -> int64_t {
+    for (int64_t rows = H; rows >= std::max<int64_t>(H - 1, 1); --rows) {
+      if (b * p.in_sb + (rows - 1) * sh + (W - 1) * sw + 4 <= images_end) {
+        return rows;
+      }
+    }
+    return 0;
+  };
+  std::vector<float> byte_scale(C, 1.f), byte_shift(C, 0.f);
+  if (ep.affine) {
+    byte_scale.assign(ep.scale.begin(), ep.scale.end());
+    byte_shift.assign(ep.shift.begin(), ep.shift.end());
+  }
 #endif
 
   const int64_t sample_bytes = sample_extent(p) * static_cast<int64_t>(sizeof(in_t));
@@ -589,6 +686,21 @@ void forward_kernel(const at::Tensor& images, const at::Tensor& matrices, const 
         }
 
 #ifdef INVFAST_X86_AVX2
+        if constexpr (kBytesToFloat) {
+          const int64_t rows = vector_bytes && opt.mode != Interp::Bicubic ? byte_rows(b) : 0;
+          if (rows > 0) {
+            const float vf = static_cast<float>(v);
+            const float rx = m.b * vf + m.c, ry = m.e * vf + m.f;
+            int64_t lo, hi;
+            interior_columns(m.a, rx, m.d, ry, rows, W, Wo, lo, hi);
+            span(0, lo);
+            const auto run = bilinear ? interior_run_u8_avx2<true> : interior_run_u8_avx2<false>;
+            const int64_t done = run(src, C, sh, sw, rows, W, m.a, rx, m.d, ry, lo, hi,
+                                     byte_scale.data(), byte_shift.data(), o, out_sc);
+            span(done, Wo);
+            continue;
+          }
+        }
         if constexpr (kFloats) {
           if (vector_rows && opt.mode != Interp::Bicubic) {
             const float vf = static_cast<float>(v);
