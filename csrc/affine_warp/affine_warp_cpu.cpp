@@ -268,6 +268,12 @@ __attribute__((target("avx2,fma"))) inline __m256 low_byte(__m256i taps, __m256i
   return _mm256_cvtepi32_ps(_mm256_and_si256(taps, byte));
 }
 
+// value * scale[c] + shift[c], the normalising warp's last step.
+__attribute__((target("avx2,fma"))) inline __m256 epilogue(__m256 value, const float* scale,
+                                                           const float* shift, int64_t c) {
+  return _mm256_fmadd_ps(value, _mm256_set1_ps(scale[c]), _mm256_set1_ps(shift[c]));
+}
+
 // Samples output columns [lo, hi) of one row of a channels-last uint8 image
 // with C <= 4 into float planes of unit stride, eight pixels at a time: one
 // 32-bit gather per tap fetches every channel of the pixel, which the lanes
@@ -322,8 +328,7 @@ interior_run_u8_avx2(const uint8_t* src, int64_t C, int64_t sh, int64_t sw, int6
             _mm256_fmadd_ps(low_byte(t11, byte), w11, _mm256_mul_ps(low_byte(t01, byte), w01));
         r = _mm256_add_ps(left, right);
       }
-      r = _mm256_fmadd_ps(r, _mm256_set1_ps(scale[c]), _mm256_set1_ps(shift[c]));
-      _mm256_storeu_ps(out + c * out_sc + u, r);
+      _mm256_storeu_ps(out + c * out_sc + u, epilogue(r, scale, shift, c));
       // The next channel is the next byte of each tap.
       t00 = _mm256_srli_epi32(t00, 8);
       t01 = _mm256_srli_epi32(t01, 8);
@@ -339,15 +344,16 @@ interior_run_u8_avx2(const uint8_t* src, int64_t C, int64_t sh, int64_t sw, int6
 // fill and border padding. Taps outside the image are never loaded (masked
 // gathers of clamped offsets) and read the channel's fill value; positions
 // that are non-finite or touch no pixel take the fill value. The last columns
-// are written through a lane mask. Same image and row conditions as
-// `interior_run_avx2`.
-template <bool kBilinear>
-__attribute__((target("avx2,fma"))) void edge_run_avx2(const float* src, int64_t C, int64_t in_sc,
-                                                       int64_t sh, int64_t sw, int64_t H, int64_t W,
-                                                       bool border, float a, float rx, float d,
-                                                       float ry, int64_t lo, int64_t hi,
-                                                       const float* fill, float* out,
-                                                       int64_t out_sc) {
+// are written through a lane mask. Float images as for `interior_run_avx2`;
+// channels-last uint8 images as for `interior_run_u8_avx2` (one 32-bit
+// gather per tap for all channels, results `value * scale[c] + shift[c]`).
+template <bool kBilinear, typename in_t>
+__attribute__((target("avx2,fma"))) void edge_run_avx2(
+    const in_t* src, int64_t C, int64_t in_sc, int64_t sh, int64_t sw, int64_t H, int64_t W,
+    bool border, float a, float rx, float d, float ry, int64_t lo, int64_t hi, const float* fill,
+    const float* scale, const float* shift, float* out, int64_t out_sc) {
+  constexpr bool kBytes = std::is_same_v<in_t, uint8_t>;
+  static_assert(kBytes || std::is_same_v<in_t, float>, "float or uint8 images");
   const __m256 lane = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
   const __m256 va = _mm256_set1_ps(a), vd = _mm256_set1_ps(d);
   const __m256 vrx = _mm256_set1_ps(rx), vry = _mm256_set1_ps(ry);
@@ -356,11 +362,13 @@ __attribute__((target("avx2,fma"))) void edge_run_avx2(const float* src, int64_t
   const __m256 xlast = _mm256_set1_ps(static_cast<float>(W - 1));
   const __m256 ylast = _mm256_set1_ps(static_cast<float>(H - 1));
   const __m256i izero = _mm256_setzero_si256(), ione = _mm256_set1_epi32(1);
+  const __m256i byte = _mm256_set1_epi32(0xff);
   const __m256i ixlast = _mm256_set1_epi32(static_cast<int>(W - 1));
   const __m256i iylast = _mm256_set1_epi32(static_cast<int>(H - 1));
   const __m256i vsh = _mm256_set1_epi32(static_cast<int>(sh));
   const __m256i vsw = _mm256_set1_epi32(static_cast<int>(sw));
   const __m256i first_lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const int* words = reinterpret_cast<const int*>(src);
   for (int64_t u = lo; u < hi; u += 8) {
     // Lanes past `hi` are computed (from in-image offsets) but not stored.
     const __m256i store = _mm256_cmpgt_epi32(
@@ -393,10 +401,12 @@ __attribute__((target("avx2,fma"))) void edge_run_avx2(const float* src, int64_t
       ok = _mm256_and_ps(ok, _mm256_and_ps(_mm256_cmp_ps(x, xlast, _CMP_LE_OQ),
                                            _mm256_cmp_ps(y, ylast, _CMP_LE_OQ)));
     }
-    if (_mm256_testz_si256(_mm256_castps_si256(ok), _mm256_castps_si256(ok))) {
+    const __m256i iok = _mm256_castps_si256(ok);
+    if (_mm256_testz_si256(iok, iok)) {
       // Nothing in these eight columns reads the image.
       for (int64_t c = 0; c < C; ++c) {
-        _mm256_maskstore_ps(out + c * out_sc + u, store, _mm256_set1_ps(fill[c]));
+        const __m256 f = _mm256_set1_ps(fill[c]);
+        _mm256_maskstore_ps(out + c * out_sc + u, store, kBytes ? epilogue(f, scale, shift, c) : f);
       }
       continue;
     }
@@ -406,10 +416,20 @@ __attribute__((target("avx2,fma"))) void edge_run_avx2(const float* src, int64_t
     y = _mm256_and_ps(y, ok);
     if (!kBilinear) {
       const __m256i off = plane_offsets(_mm256_cvttps_epi32(x), _mm256_cvttps_epi32(y), vsh, vsw);
+      __m256i taps = izero;
+      if constexpr (kBytes) {
+        taps = _mm256_mask_i32gather_epi32(izero, words, off, iok, 1);
+      }
       for (int64_t c = 0; c < C; ++c) {
         const __m256 f = _mm256_set1_ps(fill[c]);
-        const __m256 r = _mm256_mask_i32gather_ps(f, src + c * in_sc, off, ok, 4);
-        _mm256_maskstore_ps(out + c * out_sc + u, store, r);
+        if constexpr (kBytes) {
+          const __m256 r = _mm256_blendv_ps(f, low_byte(taps, byte), ok);
+          _mm256_maskstore_ps(out + c * out_sc + u, store, epilogue(r, scale, shift, c));
+          taps = _mm256_srli_epi32(taps, 8);
+        } else {
+          const __m256 r = _mm256_mask_i32gather_ps(f, src + c * in_sc, off, ok, 4);
+          _mm256_maskstore_ps(out + c * out_sc + u, store, r);
+        }
       }
       continue;
     }
@@ -421,11 +441,12 @@ __attribute__((target("avx2,fma"))) void edge_run_avx2(const float* src, int64_t
     const __m256i in_x1 = _mm256_cmpgt_epi32(ixlast, ix0);
     const __m256i in_y0 = _mm256_cmpgt_epi32(iy0, _mm256_set1_epi32(-1));
     const __m256i in_y1 = _mm256_cmpgt_epi32(iylast, iy0);
-    const __m256i iok = _mm256_castps_si256(ok);
-    const __m256 m00 = _mm256_castsi256_ps(_mm256_and_si256(iok, _mm256_and_si256(in_y0, in_x0)));
-    const __m256 m01 = _mm256_castsi256_ps(_mm256_and_si256(iok, _mm256_and_si256(in_y0, in_x1)));
-    const __m256 m10 = _mm256_castsi256_ps(_mm256_and_si256(iok, _mm256_and_si256(in_y1, in_x0)));
-    const __m256 m11 = _mm256_castsi256_ps(_mm256_and_si256(iok, _mm256_and_si256(in_y1, in_x1)));
+    const __m256i k00 = _mm256_and_si256(iok, _mm256_and_si256(in_y0, in_x0));
+    const __m256i k01 = _mm256_and_si256(iok, _mm256_and_si256(in_y0, in_x1));
+    const __m256i k10 = _mm256_and_si256(iok, _mm256_and_si256(in_y1, in_x0));
+    const __m256i k11 = _mm256_and_si256(iok, _mm256_and_si256(in_y1, in_x1));
+    const __m256 m00 = _mm256_castsi256_ps(k00), m01 = _mm256_castsi256_ps(k01);
+    const __m256 m10 = _mm256_castsi256_ps(k10), m11 = _mm256_castsi256_ps(k11);
     const __m256 wx0 = _mm256_sub_ps(one, fx), wy0 = _mm256_sub_ps(one, fy);
     const __m256 w00 = _mm256_mul_ps(wy0, wx0), w01 = _mm256_mul_ps(wy0, fx);
     const __m256 w10 = _mm256_mul_ps(fy, wx0), w11 = _mm256_mul_ps(fy, fx);
@@ -441,13 +462,32 @@ __attribute__((target("avx2,fma"))) void edge_run_avx2(const float* src, int64_t
     const __m256i cy1 = _mm256_min_epi32(_mm256_add_epi32(iy0, ione), iylast);
     const __m256i o00 = plane_offsets(cx0, cy0, vsh, vsw), o01 = plane_offsets(cx1, cy0, vsh, vsw);
     const __m256i o10 = plane_offsets(cx0, cy1, vsh, vsw), o11 = plane_offsets(cx1, cy1, vsh, vsw);
+    __m256i t00 = izero, t01 = izero, t10 = izero, t11 = izero;
+    if constexpr (kBytes) {
+      t00 = _mm256_mask_i32gather_epi32(izero, words, o00, k00, 1);
+      t01 = _mm256_mask_i32gather_epi32(izero, words, o01, k01, 1);
+      t10 = _mm256_mask_i32gather_epi32(izero, words, o10, k10, 1);
+      t11 = _mm256_mask_i32gather_epi32(izero, words, o11, k11, 1);
+    }
     for (int64_t c = 0; c < C; ++c) {
-      const float* p = src + c * in_sc;
       __m256 acc = _mm256_mul_ps(outside, _mm256_set1_ps(fill[c]));
-      acc = _mm256_fmadd_ps(w00, _mm256_mask_i32gather_ps(zero, p, o00, m00, 4), acc);
-      acc = _mm256_fmadd_ps(w01, _mm256_mask_i32gather_ps(zero, p, o01, m01, 4), acc);
-      acc = _mm256_fmadd_ps(w10, _mm256_mask_i32gather_ps(zero, p, o10, m10, 4), acc);
-      acc = _mm256_fmadd_ps(w11, _mm256_mask_i32gather_ps(zero, p, o11, m11, 4), acc);
+      if constexpr (kBytes) {
+        acc = _mm256_fmadd_ps(w00, low_byte(t00, byte), acc);
+        acc = _mm256_fmadd_ps(w01, low_byte(t01, byte), acc);
+        acc = _mm256_fmadd_ps(w10, low_byte(t10, byte), acc);
+        acc = _mm256_fmadd_ps(w11, low_byte(t11, byte), acc);
+        acc = epilogue(acc, scale, shift, c);
+        t00 = _mm256_srli_epi32(t00, 8);
+        t01 = _mm256_srli_epi32(t01, 8);
+        t10 = _mm256_srli_epi32(t10, 8);
+        t11 = _mm256_srli_epi32(t11, 8);
+      } else {
+        const float* p = src + c * in_sc;
+        acc = _mm256_fmadd_ps(w00, _mm256_mask_i32gather_ps(zero, p, o00, m00, 4), acc);
+        acc = _mm256_fmadd_ps(w01, _mm256_mask_i32gather_ps(zero, p, o01, m01, 4), acc);
+        acc = _mm256_fmadd_ps(w10, _mm256_mask_i32gather_ps(zero, p, o10, m10, 4), acc);
+        acc = _mm256_fmadd_ps(w11, _mm256_mask_i32gather_ps(zero, p, o11, m11, 4), acc);
+      }
       _mm256_maskstore_ps(out + c * out_sc + u, store, acc);
     }
   }
@@ -693,11 +733,26 @@ void forward_kernel(const at::Tensor& images, const at::Tensor& matrices, const 
             const float rx = m.b * vf + m.c, ry = m.e * vf + m.f;
             int64_t lo, hi;
             interior_columns(m.a, rx, m.d, ry, rows, W, Wo, lo, hi);
-            span(0, lo);
+            // The edges in vectors too, where every row of the image is safe
+            // to gather from and the padding is not reflection.
+            const bool vector_edges = rows == H && opt.padding != Padding::Reflection;
+            const bool border = opt.padding == Padding::Border;
+            const auto edges = [&](int64_t u_begin, int64_t u_end) {
+              if (!vector_edges) {
+                span(u_begin, u_end);
+              } else if (bilinear) {
+                edge_run_avx2<true>(src, C, in_sc, sh, sw, H, W, border, m.a, rx, m.d, ry, u_begin,
+                                    u_end, fill, byte_scale.data(), byte_shift.data(), o, out_sc);
+              } else {
+                edge_run_avx2<false>(src, C, in_sc, sh, sw, H, W, border, m.a, rx, m.d, ry, u_begin,
+                                     u_end, fill, byte_scale.data(), byte_shift.data(), o, out_sc);
+              }
+            };
+            edges(0, lo);
             const auto run = bilinear ? interior_run_u8_avx2<true> : interior_run_u8_avx2<false>;
             const int64_t done = run(src, C, sh, sw, rows, W, m.a, rx, m.d, ry, lo, hi,
                                      byte_scale.data(), byte_shift.data(), o, out_sc);
-            span(done, Wo);
+            edges(done, Wo);
             continue;
           }
         }
@@ -713,10 +768,12 @@ void forward_kernel(const at::Tensor& images, const at::Tensor& matrices, const 
                 span(u_begin, u_end);
               } else if (bilinear) {
                 edge_run_avx2<true>(src, C, in_sc, sh, sw, H, W, opt.padding == Padding::Border,
-                                    m.a, rx, m.d, ry, u_begin, u_end, fill, o, out_sc);
+                                    m.a, rx, m.d, ry, u_begin, u_end, fill, nullptr, nullptr, o,
+                                    out_sc);
               } else {
                 edge_run_avx2<false>(src, C, in_sc, sh, sw, H, W, opt.padding == Padding::Border,
-                                     m.a, rx, m.d, ry, u_begin, u_end, fill, o, out_sc);
+                                     m.a, rx, m.d, ry, u_begin, u_end, fill, nullptr, nullptr, o,
+                                     out_sc);
               }
             };
             edges(0, lo);
