@@ -44,6 +44,9 @@ TORCH_LIBRARY(invfast, m) {
       "warp_normalize(Tensor images, Tensor matrices, Tensor mean, Tensor std, "
       "str interpolation, str padding, bool align_corners, float[] fill, SymInt[2] size, "
       "ScalarType out_dtype) -> Tensor");
+  m.def(
+      "warp_normalize_out(Tensor images, Tensor matrices, Tensor mean, Tensor std, "
+      "str interpolation, str padding, bool align_corners, float[] fill, Tensor(a!) out) -> ()");
 
   // Consistency losses. Each returns the loss and, for every input whose
   // gradient is asked for, d(loss)/d(input) computed in the same pass (an

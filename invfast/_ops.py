@@ -159,6 +159,12 @@ if _ext is not None:
         torch._check(images.dtype == torch.uint8, lambda: "warp_normalize: images must be uint8")
         return _warp_empty(images, matrices, size, out_dtype, keep_format=False)
 
+    @torch.library.register_fake("invfast::warp_normalize_out")
+    def _warp_normalize_out_fake(
+        images, matrices, mean, std, interpolation, padding, align_corners, fill, out
+    ):
+        return None
+
     @torch.library.register_fake("invfast::affine_warp_backward")
     def _affine_warp_backward_fake(
         grad_out,

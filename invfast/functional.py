@@ -231,6 +231,7 @@ def warp_normalize(
     align_corners: bool = False,
     size: tuple[int, int] | None = None,
     fill=0.0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Warps uint8 images and normalises them, in one pass: the input step of training.
 
@@ -256,6 +257,9 @@ def warp_normalize(
         mode, padding_mode, align_corners, size: as in :func:`affine_warp`.
         fill (float, sequence of C floats or Tensor[C]): padding value in
             pixel units for ``padding_mode="fill"``. Default: 0.
+        out (Tensor[B, C, H', W'] or Tensor[K, B, C, H', W'], optional): a
+            buffer of ``out_dtype`` to write into, for reuse across steps; any
+            layout (contiguous NCHW is the fast one). Not differentiable.
 
     Returns:
         Tensor[B, C, H', W'] (or Tensor[K, B, C, H', W']), contiguous NCHW
@@ -279,11 +283,18 @@ def warp_normalize(
     std_t = _channel_values("std", std, C, x.device, op)
     fills = _fill_values(fill, C, op)
 
+    if out is not None:
+        _check_out(out, _output_shape(x, matrices, size), out_dtype, x, op)
+        if torch.is_grad_enabled() and matrices.requires_grad:
+            raise RuntimeError(
+                f"{op}: out= does not support autograd; call it under torch.no_grad()"
+            )
+
     unsupported = _unsupported(x, fills, padding_mode)
     if unsupported is None and matrices.requires_grad and torch.is_grad_enabled():
         unsupported = "the normalising kernel has no gradient with respect to matrices"
     if not _ops.use_kernel(op, x.device, unsupported):
-        return reference.warp_normalize(
+        result = reference.warp_normalize(
             x,
             matrices,
             mean_t,
@@ -295,6 +306,12 @@ def warp_normalize(
             size=size,
             fill=fills if len(fills) > 1 else fills[0],
         )
+        return result if out is None else out.copy_(result)
+    if out is not None:
+        torch.ops.invfast.warp_normalize_out(
+            x, matrices, mean_t, std_t, mode, padding_mode, align_corners, fills, out
+        )
+        return out
     return torch.ops.invfast.warp_normalize(
         x, matrices, mean_t, std_t, mode, padding_mode, align_corners, fills, list(size), out_dtype
     )

@@ -453,7 +453,13 @@ class TestBackend:
             assert info["built_for_torch"] == torch.__version__.split("+")[0]
             if info["built_for_cuda"] != "none":
                 # Built with nvcc: the dispatcher must hold the CUDA kernels.
-                ops = ("affine_warp", "affine_warp_out", "affine_warp_backward", "warp_normalize")
+                ops = (
+                    "affine_warp",
+                    "affine_warp_out",
+                    "affine_warp_backward",
+                    "warp_normalize",
+                    "warp_normalize_out",
+                )
                 for op in ops:
                     assert _ops.has_kernel(op, "cuda"), op
 
@@ -709,6 +715,39 @@ class TestWarpNormalize:
         expected = ((warped.float() / 255 - mt) / st).to(out_dtype)
         atol, rtol = (1e-5, 1e-5) if out_dtype == torch.float32 else TOLERANCES[out_dtype]
         assert_close(got, expected, atol * 4, rtol, "warp_normalize")
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("out_layout", ["contiguous", "channels_last"])
+    def test_out_buffer(self, device, out_layout):
+        x = typed_images(3, 3, 12, 15, torch.uint8, device).permute(0, 2, 3, 1).contiguous()
+        m = torch.stack([random_matrices(3, 12, 15, seed=s) for s in range(2)]).to(device)
+        kw = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], nhwc=True, size=(10, 13))
+        expected = invfast.warp_normalize(x, m, **kw)
+        out = torch.full((2 * 3, 3, 10, 13), float("nan"), device=device)
+        out = in_layout(out, out_layout).view(2, 3, 3, 10, 13)
+        got = invfast.warp_normalize(x, m, out=out, **kw)
+        assert got is out
+        # A channels_last output takes the scalar path, which rounds apart.
+        tol = 0 if out_layout == "contiguous" else 1e-5
+        assert_close(out, expected, tol, tol, f"warp_normalize out= {out_layout}")
+        with pytest.raises(ValueError, match="out must have shape"):
+            invfast.warp_normalize(x, m[0], out=out, **kw)
+        with pytest.raises(ValueError, match="out must be torch.float32"):
+            invfast.warp_normalize(x, m, out=out.half(), **kw)
+        nchw = x.permute(0, 3, 1, 2)
+        torch.library.opcheck(
+            torch.ops.invfast.warp_normalize_out.default,
+            (
+                nchw,
+                m,
+                *(torch.tensor(v) for v in (kw["mean"], kw["std"])),
+                "bilinear",
+                "zeros",
+                False,
+                [0.0],
+                torch.empty(2, 3, 3, 10, 13, device=device),
+            ),
+        )
 
     @pytest.mark.parametrize("device", DEVICES)
     def test_padding_is_the_normalised_fill(self, device):

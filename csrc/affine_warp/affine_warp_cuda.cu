@@ -544,16 +544,16 @@ at::Tensor affine_warp_cuda(const at::Tensor& images, const at::Tensor& matrices
   return out;
 }
 
-at::Tensor warp_normalize_cuda(const at::Tensor& images, const at::Tensor& matrices,
-                               const at::Tensor& mean, const at::Tensor& std, c10::string_view mode,
-                               c10::string_view padding_mode, bool align_corners,
-                               c10::ArrayRef<double> fill, c10::IntArrayRef size,
-                               at::ScalarType out_dtype) {
+void warp_normalize_out_cuda(const at::Tensor& images, const at::Tensor& matrices,
+                             const at::Tensor& mean, const at::Tensor& std, c10::string_view mode,
+                             c10::string_view padding_mode, bool align_corners,
+                             c10::ArrayRef<double> fill, at::Tensor& out) {
   const char* op = "warp_normalize";
   const Views views = check_inputs(op, images, matrices);
   const Options opt = parse_options(op, mode, padding_mode, align_corners);
-  check_size(op, size);
-  check_normalize_args(op, images, mean, std, out_dtype);
+  TORCH_CHECK(out.dim() >= 2, op, ": out must be (B, C, H', W') or (K, B, C, H', W')");
+  check_normalize_args(op, images, mean, std, out.scalar_type());
+  check_out(op, images, views, {out.size(-2), out.size(-1)}, out);
   const auto fills = channel_fill(op, fill, images.size(1), opt.padding);
 
   c10::cuda::CUDAGuard guard(images.device());
@@ -562,8 +562,23 @@ at::Tensor warp_normalize_cuda(const at::Tensor& images, const at::Tensor& matri
   const at::Tensor s = std.to(at::kDouble), m = mean.to(at::kDouble);
   const at::Tensor scale = (1.0 / (255.0 * s)).to(at::kFloat).contiguous();
   const at::Tensor shift = (-m / s).to(at::kFloat).contiguous();
-  at::Tensor out = empty_output(images, views, size, out_dtype, false);
   run_forward(op, images, matrices, opt, fills, scale, shift, out);
+}
+
+at::Tensor warp_normalize_cuda(const at::Tensor& images, const at::Tensor& matrices,
+                               const at::Tensor& mean, const at::Tensor& std, c10::string_view mode,
+                               c10::string_view padding_mode, bool align_corners,
+                               c10::ArrayRef<double> fill, c10::IntArrayRef size,
+                               at::ScalarType out_dtype) {
+  const char* op = "warp_normalize";
+  const Views views = check_inputs(op, images, matrices);
+  check_size(op, size);
+  check_normalize_args(op, images, mean, std, out_dtype);
+
+  c10::cuda::CUDAGuard guard(images.device());
+  at::Tensor out = empty_output(images, views, size, out_dtype, false);
+  warp_normalize_out_cuda(images, matrices, mean, std, mode, padding_mode, align_corners, fill,
+                          out);
   return out;
 }
 
@@ -643,6 +658,7 @@ TORCH_LIBRARY_IMPL(invfast, CUDA, m) {
   m.impl("affine_warp_out", &affine_warp_out_cuda);
   m.impl("affine_warp_backward", &affine_warp_backward_cuda);
   m.impl("warp_normalize", &warp_normalize_cuda);
+  m.impl("warp_normalize_out", &warp_normalize_out_cuda);
 }
 
 }  // namespace warp
