@@ -43,8 +43,14 @@ def cases(device: str, quick: bool) -> list[Case]:
         def fused_two_calls(n=nhwc, m=m2):
             return [functional.warp_normalize(n, v, MEAN, STD, nhwc=True) for v in m]
 
+        buf = torch.empty(B, 3, side, side, device=device)
+
+        def fused_out(n=nhwc, m=m, b=buf):
+            return functional.warp_normalize(n, m, MEAN, STD, nhwc=True, out=b)
+
         providers = [
             Provider("invfast warp_normalize", fused),
+            Provider("invfast warp_normalize, out=", fused_out),
             Provider(
                 "reference chain (float, permute, normalise, grid_sample)",
                 lambda n=nhwc, m=m: chain(n, m, mean, std),
