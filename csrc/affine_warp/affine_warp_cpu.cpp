@@ -179,15 +179,21 @@ __attribute__((target("avx2,fma"))) inline PairWeights pair_weights(__m256i idx,
   return w;
 }
 
+// Four 64-bit elements at float offsets `idx` from `base`. The masked form
+// with every lane on is the same instruction; GCC's unmasked one warns about
+// its own placeholder operand.
+__attribute__((target("avx2,fma"))) inline __m256 gather_pairs(const double* base, __m128i idx) {
+  const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+  return _mm256_castpd_ps(_mm256_mask_i32gather_pd(_mm256_setzero_pd(), base, idx, all, 4));
+}
+
 // One channel of eight bilinear samples from the plane `p` with row stride sh.
 __attribute__((target("avx2,fma"))) inline __m256 sample_pairs(const float* p, int64_t sh,
                                                                const PairWeights& w) {
   const double* top = reinterpret_cast<const double*>(p);
   const double* bottom = reinterpret_cast<const double*>(p + sh);
-  const __m256 t_lo = _mm256_castpd_ps(_mm256_i32gather_pd(top, w.idx_lo, 4));
-  const __m256 t_hi = _mm256_castpd_ps(_mm256_i32gather_pd(top, w.idx_hi, 4));
-  const __m256 b_lo = _mm256_castpd_ps(_mm256_i32gather_pd(bottom, w.idx_lo, 4));
-  const __m256 b_hi = _mm256_castpd_ps(_mm256_i32gather_pd(bottom, w.idx_hi, 4));
+  const __m256 t_lo = gather_pairs(top, w.idx_lo), t_hi = gather_pairs(top, w.idx_hi);
+  const __m256 b_lo = gather_pairs(bottom, w.idx_lo), b_hi = gather_pairs(bottom, w.idx_hi);
   const __m256 lo = _mm256_fmadd_ps(b_lo, w.bottom_lo, _mm256_mul_ps(t_lo, w.top_lo));
   const __m256 hi = _mm256_fmadd_ps(b_hi, w.bottom_hi, _mm256_mul_ps(t_hi, w.top_hi));
   return _mm256_hadd_ps(lo, hi);
