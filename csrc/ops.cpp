@@ -1,6 +1,7 @@
 // The schemas of every invfast operator. Kernels register themselves in their
-// own files (TORCH_LIBRARY_IMPL); fake kernels and autograd formulas are
-// registered from Python, in invfast/_ops.py.
+// own files (TORCH_LIBRARY_IMPL); fake kernels and the warp's autograd formula
+// are registered from Python, in invfast/_ops.py, the losses' autograd in
+// csrc/losses/losses_autograd.cpp.
 #include <torch/library.h>
 
 #ifdef INVFAST_PYTHON_MODULE

@@ -3,8 +3,8 @@
 The schemas live in ``csrc/ops.cpp``; the CPU and CUDA kernels in ``csrc/``.
 This module adds what the dispatcher needs from Python: a fake (meta) kernel
 for every op, so that ``torch.compile`` and ``opcheck`` can trace it, and the
-autograd formulas. It also decides, per call, whether a kernel or the
-plain-PyTorch reference runs.
+warp's autograd formula (the losses' are in C++). It also decides, per call,
+whether a kernel or the plain-PyTorch reference runs.
 """
 
 from __future__ import annotations
@@ -58,10 +58,20 @@ def get_backend() -> str:
 @torch.compiler.assume_constant_result
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether the loaded extension registered ``invfast::op`` for a device type."""
-    if _ext is None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"invfast::{op}", key)
+    found = _has_kernel.get((op, device_type))
+    if found is None:
+        key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+        found = (
+            _ext is not None
+            and key is not None
+            and torch._C._dispatch_has_kernel_for_dispatch_key(f"invfast::{op}", key)
+        )
+        _has_kernel[(op, device_type)] = found
+    return found
+
+
+# has_kernel's answers: the dispatcher query costs microseconds on every call.
+_has_kernel: dict[tuple[str, str], bool] = {}
 
 
 def use_kernel(op: str, device: torch.device, unsupported: str | None = None) -> bool:
@@ -227,13 +237,14 @@ if _ext is not None:
 
 
 # ---------------------------------------------------------------------------
-# Fake kernels and autograd of the consistency losses.
+# Fake kernels of the consistency losses.
 #
 # Each loss op returns, next to the loss, d(loss)/d(input) for every input
 # whose gradient was asked for (computed in the forward pass, already
-# multiplied by the mask and the reduction's 1/N), or an empty tensor. Those
-# are the only (N, C) buffers kept for backward, which scales them by the
-# upstream gradient: per row for reduction "none", by a scalar otherwise.
+# multiplied by the mask and the reduction's 1/N), or an empty tensor. Their
+# autograd formulas, which scale those buffers by the upstream gradient, are
+# registered in C++ (csrc/losses/losses_autograd.cpp): on CPU-sized batches
+# the Python autograd plumbing cost as much as the kernels.
 
 if _ext is not None:
 
@@ -298,100 +309,3 @@ if _ext is not None:
             weak.new_empty((), dtype=dtype),
             _fake_grad(weak, compute_grad),
         )
-
-    def _scale_saved(saved, grad, per_row):
-        """The saved d(loss)/d(input) times the upstream gradient."""
-        if per_row:
-            grad = grad.unsqueeze(1)
-        return saved * grad.to(saved.dtype)
-
-    def _missing_grad(op, name, flag):
-        return RuntimeError(
-            f"invfast::{op}: a gradient for {name} is needed but the op ran with {flag}=False; "
-            "call it through invfast.losses, which sets the flag"
-        )
-
-    def _register_pair_autograd(op, names, flags, reduction_index):
-        def setup_context(ctx, inputs, output):
-            _, grad_a, grad_b = output
-            ctx.mark_non_differentiable(grad_a, grad_b)
-            # NOTE: the gradient outputs get no gradient; without this autograd
-            # would fill two (N, C) buffers of zeros for them on every backward.
-            ctx.set_materialize_grads(False)
-            ctx.save_for_backward(grad_a, grad_b)
-            ctx.per_row = inputs[reduction_index] == "none"
-            ctx.wanted = (inputs[-2], inputs[-1])
-            ctx.n_inputs = len(inputs)
-
-        def backward(ctx, grad, _grad_a, _grad_b):
-            saved = ctx.saved_tensors
-            result = [None] * ctx.n_inputs
-            for i in range(2 if grad is not None else 0):
-                if ctx.needs_input_grad[i]:
-                    if not ctx.wanted[i]:
-                        raise _missing_grad(op, names[i], flags[i])
-                    result[i] = _scale_saved(saved[i], grad, ctx.per_row)
-            return tuple(result)
-
-        torch.library.register_autograd(f"invfast::{op}", backward, setup_context=setup_context)
-
-    _register_pair_autograd(
-        "kl_consistency", ("student", "teacher"), ("grad_student", "grad_teacher"), 5
-    )
-    _register_pair_autograd("symmetric_kl", ("a", "b"), ("grad_a", "grad_b"), 4)
-    _register_pair_autograd(
-        "mse_consistency", ("student", "teacher"), ("grad_student", "grad_teacher"), 4
-    )
-
-    def _js_setup(ctx, inputs, output):
-        logits, _, _, reduction, compute_grad = inputs
-        _, grads = output
-        ctx.mark_non_differentiable(*grads)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(*grads)
-        ctx.per_row = reduction == "none"
-        ctx.compute_grad = compute_grad
-        ctx.n_views = len(logits)
-
-    def _js_backward(ctx, grad, _grads):
-        if grad is None:
-            return [None] * ctx.n_views, None, None, None, None
-        if not ctx.compute_grad:
-            raise _missing_grad("js_consistency", "logits", "compute_grad")
-        grads = [_scale_saved(g, grad, ctx.per_row) for g in ctx.saved_tensors]
-        return grads, None, None, None, None
-
-    torch.library.register_autograd(
-        "invfast::js_consistency", _js_backward, setup_context=_js_setup
-    )
-
-    def _fixmatch_setup(ctx, inputs, output):
-        weak, _, _, _, normalize, compute_grad = inputs
-        _, kept_fraction, grad = output
-        ctx.mark_non_differentiable(kept_fraction, grad)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(grad, kept_fraction)
-        rows = weak.numel() // weak.shape[1] if weak.shape[1] else 0
-        ctx.rows = max(rows, 1)
-        ctx.by_kept = normalize == "kept"
-        ctx.compute_grad = compute_grad
-
-    def _fixmatch_backward(ctx, grad, _kept_fraction, _grad):
-        saved, kept_fraction = ctx.saved_tensors
-        grad_strong = None
-        if ctx.needs_input_grad[1] and grad is not None:
-            if not ctx.compute_grad:
-                raise _missing_grad("fixmatch_loss", "strong", "compute_grad")
-            # The op's gradient is that of the kept rows' sum; divide by the
-            # normaliser here, with tensor arithmetic (no read-back).
-            if ctx.by_kept:
-                count = torch.round(kept_fraction * ctx.rows).clamp(min=1)
-                grad = grad / count
-            else:
-                grad = grad / ctx.rows
-            grad_strong = _scale_saved(saved, grad, False)
-        return None, grad_strong, None, None, None, None
-
-    torch.library.register_autograd(
-        "invfast::fixmatch_loss", _fixmatch_backward, setup_context=_fixmatch_setup
-    )

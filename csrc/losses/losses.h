@@ -77,8 +77,8 @@ at::Tensor no_grad(const at::Tensor& x);
 
 // The three pair losses share one launcher per device,
 // run(op, kind, a, b, temperature_a, temperature_b, mask, reduction, grad_a, grad_b).
-// PairOps<run> adapts it to each op's schema, so that both devices register
-// the same signatures without writing them twice.
+// PairOps<run> adapts it to each op's schema, so that both devices and the
+// autograd formula register the same signatures without writing them again.
 using PairResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 using PairLauncher = PairResult (*)(const char*, Pair, const at::Tensor&, const at::Tensor&, double,
                                     double, const c10::optional<at::Tensor>&, c10::string_view,
