@@ -11,6 +11,7 @@
 // which are bound by memory, use the online form.
 #pragma once
 
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
@@ -92,36 +93,72 @@ void store(Vec<T> v, T* p, int64_t n) {
   }
 }
 
-// Calls f(i, n) for the chunks [i, i + n) of [0, C), n = size() but for the last.
+#ifdef CPU_CAPABILITY_AVX2
+// NOTE: the last, partial chunk of every row goes through masked loads and
+// stores. at::vec's partial loadu copies the lanes through memory, which
+// stalls store forwarding; with C = 100 a row has a dozen such chunks.
+inline __m256i lanes_below(int64_t n, __m256i lane) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lane);
+}
+
+inline Vec<float> load(const float* p, int64_t n, float fill = 0.0f) {
+  if (n == 8) {
+    return Vec<float>::loadu(p);
+  }
+  const __m256i m = lanes_below(n, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return _mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+}
+
+inline void store(Vec<float> v, float* p, int64_t n) {
+  if (n == 8) {
+    v.store(p);
+  } else {
+    _mm256_maskstore_ps(p, lanes_below(n, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), v);
+  }
+}
+
+// Each 64-bit lane k is masked by the pair of 32-bit lanes (2k, 2k + 1).
+inline Vec<double> load(const double* p, int64_t n, double fill = 0.0) {
+  if (n == 4) {
+    return Vec<double>::loadu(p);
+  }
+  const __m256i m = lanes_below(n, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+  return _mm256_blendv_pd(_mm256_set1_pd(fill), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));
+}
+
+inline void store(Vec<double> v, double* p, int64_t n) {
+  if (n == 4) {
+    v.store(p);
+  } else {
+    _mm256_maskstore_pd(p, lanes_below(n, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)), v);
+  }
+}
+#endif
+
+// Calls f(i, n) for the chunks [i, i + n) of [0, C), n = size() but for the
+// last. The full chunks see n as a constant, so that their loads and stores
+// need no test.
 template <typename T, typename F>
 void for_chunks(int64_t C, F&& f) {
   constexpr int64_t W = Vec<T>::size();
-  for (int64_t i = 0; i < C; i += W) {
-    f(i, C - i < W ? C - i : W);
+  int64_t i = 0;
+  for (; i + W <= C; i += W) {
+    f(i, W);
+  }
+  if (i < C) {
+    f(i, C - i);
   }
 }
 
 template <typename T>
 T reduce_sum(Vec<T> v) {
-  T buf[Vec<T>::size()];
-  v.store(buf);
-  T s = T(0);
-  for (int64_t i = 0; i < Vec<T>::size(); ++i) {
-    s += buf[i];
-  }
-  return s;
+  return at::vec::vec_reduce_all<T>([](Vec<T> x, Vec<T> y) { return x + y; }, v);
 }
 
 // The maximum, NaN if any lane is NaN.
 template <typename T>
 T reduce_max(Vec<T> v) {
-  T buf[Vec<T>::size()];
-  v.store(buf);
-  T m = buf[0];
-  for (int64_t i = 1; i < Vec<T>::size(); ++i) {
-    m = (m != m || m >= buf[i]) ? m : buf[i];
-  }
-  return m;
+  return at::vec::vec_reduce_all<T>([](Vec<T> x, Vec<T> y) { return at::vec::maximum(x, y); }, v);
 }
 
 // exp() of the bulk of the work: a polynomial accurate to a few ulp for float.
