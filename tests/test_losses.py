@@ -268,6 +268,40 @@ def test_opcheck(device, op):
         torch.library.opcheck(getattr(torch.ops.invfast, op).default, args)
 
 
+class TestSavedGradients:
+    """Backward scales the saved gradients in place only where no one can see them."""
+
+    @pytest.mark.parametrize("name", ["kl", "js", "fixmatch"])
+    def test_outputs_kept_by_the_caller_stay_unscaled(self, name):
+        a = logits((6, 9), "cpu", torch.float32, 1).requires_grad_()
+        b = logits((6, 9), "cpu", torch.float32, 2)
+        ops = torch.ops.invfast
+        if name == "kl":
+            loss, grad, _ = ops.kl_consistency(a, b, 1.0, 1.0, None, "sum", True, False)
+        elif name == "js":
+            loss, (grad, _) = ops.js_consistency([a, b.requires_grad_()], None, 1.0, "sum", True)
+        else:
+            loss, _, grad = ops.fixmatch_loss(b * 3, a, 0.0, 1.0, "all", True)
+        kept = grad.clone()
+        (3.0 * loss).backward()
+        assert torch.equal(grad, kept)
+        assert_close(a.grad, 3.0 * kept / (6 if name == "fixmatch" else 1), 1e-6, 1e-6, name)
+
+    @pytest.mark.parametrize("reduction", ["none", "sum"])
+    def test_retained_graph(self, reduction):
+        a = logits((5, 7), "cpu", torch.float32, 1).requires_grad_()
+        b = logits((5, 7), "cpu", torch.float32, 2).requires_grad_()
+        loss = L.symmetric_kl(a, b, reduction=reduction).sum()
+        first = torch.autograd.grad(2.0 * loss, (a, b), retain_graph=True)
+        second = torch.autograd.grad(2.0 * loss, (a, b))
+        for g1, g2 in zip(first, second):
+            assert torch.equal(g1, g2)
+        loss = L.symmetric_kl(a, b, reduction=reduction).sum()
+        (2.0 * loss).backward()
+        for x, g in zip((a, b), first):
+            assert_close(x.grad, g, 0, 0, "backward after grad")
+
+
 class TestExtremes:
     @pytest.mark.parametrize("device", DEVICES)
     @pytest.mark.parametrize("name", list(PAIRS))

@@ -11,7 +11,9 @@
 // plumbing of a call and its backward cost as much as the kernel itself.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include <string>
@@ -27,9 +29,39 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// What forward returns for a gradient buffer it saves: another tensor on the
+// same memory, so that backward can tell whether the op's caller still
+// holds it (see scale_in_place).
+at::Tensor shared(const at::Tensor& saved) { return saved.variable_data(); }
+
+// Whether backward may scale a saved gradient in place and hand the buffer on
+// as the input's gradient, saving an (N, C) allocation and a pass.
+// NOTE: only when nothing can see the buffer again: the graph is not retained
+// (retain_graph=True would let a second backward read it); the op's caller
+// no longer holds the tensor forward returned on the same memory
+// (invfast.losses drops it at once); and the tensor is a plain one with no
+// mode active (under torch.compile's tracing, tensors are fakes or
+// functional wrappers, and the traced graph should hold the out-of-place
+// product).
+bool scale_in_place(const at::Tensor& saved) {
+  if (torch::autograd::get_current_graph_task_keep_graph() ||
+      c10::impl::TorchDispatchModeTLS::any_modes_set()) {
+    return false;
+  }
+  const c10::DispatchKeySet wrapped =
+      c10::python_ks |
+      c10::DispatchKeySet({c10::DispatchKey::Functionalize, c10::DispatchKey::FuncTorchGradWrapper,
+                           c10::DispatchKey::FuncTorchBatched});
+  return !saved.key_set().has_any(wrapped) && saved.has_storage() &&
+         saved.storage().use_count() == 1;
+}
+
 // The saved d(loss)/d(input) times the upstream gradient (0-dim, or one value per row).
 at::Tensor scale_saved(const at::Tensor& saved, const at::Tensor& grad, bool per_row) {
   const at::Tensor g = per_row ? grad.unsqueeze(1) : grad;
+  if (scale_in_place(saved)) {
+    return saved.mul_(g);
+  }
   return saved * g.to(saved.scalar_type());
 }
 
@@ -75,7 +107,8 @@ struct PairFunction : public torch::autograd::Function<PairFunction> {
                                double tb, c10::string_view reduction, bool grad_a, bool grad_b) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, ga, gb] = call_pair(kind, a, b, ta, tb, mask, reduction, grad_a, grad_b);
-    ctx->mark_non_differentiable({ga, gb});
+    at::Tensor out_a = shared(ga), out_b = shared(gb);
+    ctx->mark_non_differentiable({out_a, out_b});
     // NOTE: the gradient outputs get no gradient; without this autograd
     // would fill two (N, C) buffers of zeros for them on every backward.
     ctx->set_materialize_grads(false);
@@ -84,7 +117,7 @@ struct PairFunction : public torch::autograd::Function<PairFunction> {
     ctx->saved_data["per_row"] = reduction == "none";
     ctx->saved_data["grad_a"] = grad_a;
     ctx->saved_data["grad_b"] = grad_b;
-    return {loss, ga, gb};
+    return {loss, out_a, out_b};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -143,14 +176,16 @@ struct JsFunction : public torch::autograd::Function<JsFunction> {
                                c10::string_view reduction, bool compute_grad) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, grads] = call_js(logits, weights, temperature, reduction, compute_grad);
-    ctx->mark_non_differentiable(grads);
+    variable_list out{loss};
+    for (const at::Tensor& g : grads) {
+      out.push_back(shared(g));
+    }
+    ctx->mark_non_differentiable(variable_list(out.begin() + 1, out.end()));
     ctx->set_materialize_grads(false);
     ctx->save_for_backward(grads);
     ctx->saved_data["views"] = static_cast<int64_t>(logits.size());
     ctx->saved_data["per_row"] = reduction == "none";
     ctx->saved_data["compute_grad"] = compute_grad;
-    variable_list out{loss};
-    out.insert(out.end(), grads.begin(), grads.end());
     return out;
   }
 
@@ -212,14 +247,15 @@ struct FixMatchFunction : public torch::autograd::Function<FixMatchFunction> {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, kept, grad] =
         call_fixmatch(weak, strong, threshold, temperature, normalize, compute_grad);
-    ctx->mark_non_differentiable({kept, grad});
+    at::Tensor out_grad = shared(grad);
+    ctx->mark_non_differentiable({kept, out_grad});
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({grad, kept});
     // The number of rows, symbolic under torch.compile's dynamic shapes.
     ctx->saved_data["rows"] = (weak.sym_numel() / weak.sym_size(1)).max(1);
     ctx->saved_data["by_kept"] = normalize == "kept";
     ctx->saved_data["compute_grad"] = compute_grad;
-    return {loss, kept, grad};
+    return {loss, kept, out_grad};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
