@@ -14,6 +14,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define INVFAST_X86_AVX2 1
@@ -274,6 +278,20 @@ __attribute__((target("avx2,fma"))) inline __m256 low_byte(__m256i taps, __m256i
   return _mm256_cvtepi32_ps(_mm256_and_si256(taps, byte));
 }
 
+// Stores the first n (1 to 8) lanes of v at p. A partial vector goes through
+// a copy rather than a masked store: masked-off lanes that fall on a page not
+// yet mapped (a fresh output) cost a microcode assist per store, which made
+// a fresh output several times dearer to fault in than a plain write does.
+__attribute__((target("avx2,fma"))) inline void store_lanes(float* p, int n, __m256 v) {
+  if (n == 8) {
+    _mm256_storeu_ps(p, v);
+    return;
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, v);
+  std::copy(lanes, lanes + n, p);
+}
+
 // value * scale[c] + shift[c], the normalising warp's last step.
 __attribute__((target("avx2,fma"))) inline __m256 epilogue(__m256 value, const float* scale,
                                                            const float* shift, int64_t c) {
@@ -373,12 +391,10 @@ __attribute__((target("avx2,fma"))) void edge_run_avx2(
   const __m256i iylast = _mm256_set1_epi32(static_cast<int>(H - 1));
   const __m256i vsh = _mm256_set1_epi32(static_cast<int>(sh));
   const __m256i vsw = _mm256_set1_epi32(static_cast<int>(sw));
-  const __m256i first_lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const int* words = reinterpret_cast<const int*>(src);
   for (int64_t u = lo; u < hi; u += 8) {
     // Lanes past `hi` are computed (from in-image offsets) but not stored.
-    const __m256i store = _mm256_cmpgt_epi32(
-        _mm256_set1_epi32(static_cast<int>(std::min<int64_t>(hi - u, 8))), first_lanes);
+    const int n = static_cast<int>(std::min<int64_t>(hi - u, 8));
     const __m256 uf = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(u)), lane);
     __m256 x = _mm256_fmadd_ps(va, uf, vrx);
     __m256 y = _mm256_fmadd_ps(vd, uf, vry);
@@ -412,7 +428,7 @@ __attribute__((target("avx2,fma"))) void edge_run_avx2(
       // Nothing in these eight columns reads the image.
       for (int64_t c = 0; c < C; ++c) {
         const __m256 f = _mm256_set1_ps(fill[c]);
-        _mm256_maskstore_ps(out + c * out_sc + u, store, kBytes ? epilogue(f, scale, shift, c) : f);
+        store_lanes(out + c * out_sc + u, n, kBytes ? epilogue(f, scale, shift, c) : f);
       }
       continue;
     }
@@ -430,11 +446,11 @@ __attribute__((target("avx2,fma"))) void edge_run_avx2(
         const __m256 f = _mm256_set1_ps(fill[c]);
         if constexpr (kBytes) {
           const __m256 r = _mm256_blendv_ps(f, low_byte(taps, byte), ok);
-          _mm256_maskstore_ps(out + c * out_sc + u, store, epilogue(r, scale, shift, c));
+          store_lanes(out + c * out_sc + u, n, epilogue(r, scale, shift, c));
           taps = _mm256_srli_epi32(taps, 8);
         } else {
           const __m256 r = _mm256_mask_i32gather_ps(f, src + c * in_sc, off, ok, 4);
-          _mm256_maskstore_ps(out + c * out_sc + u, store, r);
+          store_lanes(out + c * out_sc + u, n, r);
         }
       }
       continue;
@@ -494,7 +510,7 @@ __attribute__((target("avx2,fma"))) void edge_run_avx2(
         acc = _mm256_fmadd_ps(w10, _mm256_mask_i32gather_ps(zero, p, o10, m10, 4), acc);
         acc = _mm256_fmadd_ps(w11, _mm256_mask_i32gather_ps(zero, p, o11, m11, 4), acc);
       }
-      _mm256_maskstore_ps(out + c * out_sc + u, store, acc);
+      store_lanes(out + c * out_sc + u, n, acc);
     }
   }
 }
@@ -964,6 +980,36 @@ void affine_warp_out_cpu(const at::Tensor& images, const at::Tensor& matrices,
   run_forward(op, images, matrices, opt, fills, {}, {}, out);
 }
 
+// Maps in the pages of a fresh output before the kernel writes it. A large
+// fresh output is mostly memory the process has not touched yet (glibc maps
+// big blocks anew and unmaps them on free), and faulting it in page by page
+// from inside the kernel costs more than the faults: zeroing each new page
+// evicts the image rows the kernel is reading. MADV_POPULATE_WRITE maps a
+// range in one call per thread instead. On kernels without it (before Linux
+// 5.14) nothing happens and the pages are faulted in as before; memory that
+// is already mapped is left as it is.
+void populate_output(const at::Tensor& fresh) {
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+  constexpr int64_t kPage = 4096, kMinBytes = int64_t(8) << 20, kPerTask = int64_t(2) << 20;
+  // A fresh output is dense: its bytes start at data_ptr.
+  const int64_t bytes = fresh.numel() * static_cast<int64_t>(fresh.element_size());
+  if (bytes < kMinBytes) {
+    return;
+  }
+  const auto begin = reinterpret_cast<uintptr_t>(fresh.data_ptr());
+  const uintptr_t first = (begin + kPage - 1) & ~uintptr_t(kPage - 1);
+  const uintptr_t last = (begin + bytes) & ~uintptr_t(kPage - 1);
+  const int64_t pages = static_cast<int64_t>(last - first) / kPage;
+  at::parallel_for(0, pages, kPerTask / kPage, [&](int64_t p0, int64_t p1) {
+    // A hint: where it fails, the kernel faults the pages in itself.
+    (void)madvise(reinterpret_cast<void*>(first + p0 * kPage), (p1 - p0) * kPage,
+                  MADV_POPULATE_WRITE);
+  });
+#else
+  (void)fresh;
+#endif
+}
+
 at::Tensor affine_warp_cpu(const at::Tensor& images, const at::Tensor& matrices,
                            c10::string_view mode, c10::string_view padding_mode, bool align_corners,
                            c10::ArrayRef<double> fill, c10::IntArrayRef size,
@@ -974,6 +1020,7 @@ at::Tensor affine_warp_cpu(const at::Tensor& images, const at::Tensor& matrices,
   const auto dtype = output_dtype(op, images, out_dtype);
 
   at::Tensor out = empty_output(images, views, size, dtype);
+  populate_output(out);
   affine_warp_out_cpu(images, matrices, mode, padding_mode, align_corners, fill, out);
   return out;
 }
@@ -1011,6 +1058,7 @@ at::Tensor warp_normalize_cpu(const at::Tensor& images, const at::Tensor& matric
   check_size(op, size);
   check_normalize_args(op, images, mean, std, out_dtype);
   at::Tensor out = empty_output(images, views, size, out_dtype, false);
+  populate_output(out);
   warp_normalize_out_cpu(images, matrices, mean, std, mode, padding_mode, align_corners, fill, out);
   return out;
 }
