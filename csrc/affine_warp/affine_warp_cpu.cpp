@@ -990,7 +990,9 @@ void affine_warp_out_cpu(const at::Tensor& images, const at::Tensor& matrices,
 // is already mapped is left as it is.
 void populate_output(const at::Tensor& fresh) {
 #if defined(__linux__) && defined(MADV_POPULATE_WRITE)
-  constexpr int64_t kPage = 4096, kMinBytes = int64_t(8) << 20, kPerTask = int64_t(2) << 20;
+  // glibc maps blocks of 32 MiB and more anew on every allocation, whatever
+  // its adaptive threshold; smaller ones are mostly reused, already mapped.
+  constexpr int64_t kPage = 4096, kMinBytes = int64_t(32) << 20, kPerTask = int64_t(2) << 20;
   // A fresh output is dense: its bytes start at data_ptr.
   const int64_t bytes = fresh.numel() * static_cast<int64_t>(fresh.element_size());
   if (bytes < kMinBytes) {
