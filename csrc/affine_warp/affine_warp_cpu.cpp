@@ -203,6 +203,49 @@ __attribute__((target("avx2,fma"))) inline __m256 sample_pairs(const float* p, i
   return _mm256_hadd_ps(lo, hi);
 }
 
+// Element offsets iy * sh + ix * sw of eight pixels.
+__attribute__((target("avx2,fma"))) inline __m256i plane_offsets(__m256i ix, __m256i iy,
+                                                                 __m256i vsh, __m256i vsw) {
+  return _mm256_add_epi32(_mm256_mullo_epi32(iy, vsh), _mm256_mullo_epi32(ix, vsw));
+}
+
+// Where eight consecutive output pixels of a row read, for the interior
+// loops: the offset of each pixel's first tap (clamped into the image, so
+// that no rounding can read outside it) and, for bilinear, the fractional
+// position. Built once per row run; `at` is called per eight columns.
+template <bool kBilinear>
+struct RowLanes {
+  __m256 lane, va, vd, vrx, vry;
+  __m256i zero, xmax, ymax, vsh, vsw;
+
+  __attribute__((target("avx2,fma"))) RowLanes(float a, float rx, float d, float ry, int64_t H,
+                                               int64_t W, int64_t sh, int64_t sw) {
+    const int last = kBilinear ? 2 : 1;  // bilinear reads x0 + 1 and y0 + 1 too
+    lane = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
+    va = _mm256_set1_ps(a), vd = _mm256_set1_ps(d);
+    vrx = _mm256_set1_ps(rx), vry = _mm256_set1_ps(ry);
+    zero = _mm256_setzero_si256();
+    xmax = _mm256_set1_epi32(static_cast<int>(std::max<int64_t>(W - last, 0)));
+    ymax = _mm256_set1_epi32(static_cast<int>(std::max<int64_t>(H - last, 0)));
+    vsh = _mm256_set1_epi32(static_cast<int>(sh));
+    vsw = _mm256_set1_epi32(static_cast<int>(sw));
+  }
+
+  __attribute__((target("avx2,fma"))) __m256i at(int64_t u, __m256& fx, __m256& fy) const {
+    const __m256 uf = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(u)), lane);
+    const __m256 x = _mm256_fmadd_ps(va, uf, vrx);
+    const __m256 y = _mm256_fmadd_ps(vd, uf, vry);
+    const int mode = kBilinear ? _MM_FROUND_TO_NEG_INF : _MM_FROUND_TO_NEAREST_INT;
+    const __m256 xf = _mm256_round_ps(x, mode | _MM_FROUND_NO_EXC);
+    const __m256 yf = _mm256_round_ps(y, mode | _MM_FROUND_NO_EXC);
+    const __m256i ix = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(xf), zero), xmax);
+    const __m256i iy = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(yf), zero), ymax);
+    fx = _mm256_sub_ps(x, xf);
+    fy = _mm256_sub_ps(y, yf);
+    return plane_offsets(ix, iy, vsh, vsw);
+  }
+};
+
 // Samples output columns [lo, hi) of one row, eight at a time, for float
 // images whose plane offsets fit in int32, into a row with unit stride. The
 // columns must come from `interior_columns`; indices are clamped all the same,
@@ -212,28 +255,12 @@ template <bool kBilinear>
 __attribute__((target("avx2,fma"))) int64_t interior_run_avx2(
     const float* src, int64_t C, int64_t in_sc, int64_t sh, int64_t sw, int64_t H, int64_t W,
     float a, float rx, float d, float ry, int64_t lo, int64_t hi, float* out, int64_t out_sc) {
-  const __m256 lane = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
-  const __m256 va = _mm256_set1_ps(a), vd = _mm256_set1_ps(d);
-  const __m256 vrx = _mm256_set1_ps(rx), vry = _mm256_set1_ps(ry);
-  const __m256i zero = _mm256_setzero_si256();
-  const int last = kBilinear ? 2 : 1;
-  const __m256i xmax = _mm256_set1_epi32(static_cast<int>(std::max<int64_t>(W - last, 0)));
-  const __m256i ymax = _mm256_set1_epi32(static_cast<int>(std::max<int64_t>(H - last, 0)));
-  const __m256i vsh = _mm256_set1_epi32(static_cast<int>(sh));
-  const __m256i vsw = _mm256_set1_epi32(static_cast<int>(sw));
+  const RowLanes<kBilinear> row(a, rx, d, ry, H, W, sh, sw);
   const int64_t sd = sh + sw;
   int64_t u = lo;
   for (; u + 8 <= hi; u += 8) {
-    const __m256 uf = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(u)), lane);
-    const __m256 x = _mm256_fmadd_ps(va, uf, vrx);
-    const __m256 y = _mm256_fmadd_ps(vd, uf, vry);
-    const int mode = kBilinear ? _MM_FROUND_TO_NEG_INF : _MM_FROUND_TO_NEAREST_INT;
-    const __m256 xf = _mm256_round_ps(x, mode | _MM_FROUND_NO_EXC);
-    const __m256 yf = _mm256_round_ps(y, mode | _MM_FROUND_NO_EXC);
-    __m256i ix = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(xf), zero), xmax);
-    __m256i iy = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(yf), zero), ymax);
-    const __m256i idx = _mm256_add_epi32(_mm256_mullo_epi32(iy, vsh), _mm256_mullo_epi32(ix, vsw));
-    const __m256 fx = _mm256_sub_ps(x, xf), fy = _mm256_sub_ps(y, yf);
+    __m256 fx, fy;
+    const __m256i idx = row.at(u, fx, fy);
     if (kBilinear && sw == 1) {
       // Horizontal neighbours are adjacent: half the gathered elements.
       const PairWeights w = pair_weights(idx, fx, fy);
@@ -265,12 +292,6 @@ __attribute__((target("avx2,fma"))) int64_t interior_run_avx2(
     }
   }
   return u;
-}
-
-// Element offsets iy * sh + ix * sw of eight pixels.
-__attribute__((target("avx2,fma"))) inline __m256i plane_offsets(__m256i ix, __m256i iy,
-                                                                 __m256i vsh, __m256i vsw) {
-  return _mm256_add_epi32(_mm256_mullo_epi32(iy, vsh), _mm256_mullo_epi32(ix, vsw));
 }
 
 // The low byte of each 32-bit lane, as a float.
@@ -310,35 +331,20 @@ __attribute__((target("avx2,fma"))) int64_t
 interior_run_u8_avx2(const uint8_t* src, int64_t C, int64_t sh, int64_t sw, int64_t H, int64_t W,
                      float a, float rx, float d, float ry, int64_t lo, int64_t hi,
                      const float* scale, const float* shift, float* out, int64_t out_sc) {
-  const __m256 lane = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
-  const __m256 va = _mm256_set1_ps(a), vd = _mm256_set1_ps(d);
-  const __m256 vrx = _mm256_set1_ps(rx), vry = _mm256_set1_ps(ry);
   const __m256i zero = _mm256_setzero_si256(), byte = _mm256_set1_epi32(0xff);
-  const int last = kBilinear ? 2 : 1;
-  const __m256i xmax = _mm256_set1_epi32(static_cast<int>(std::max<int64_t>(W - last, 0)));
-  const __m256i ymax = _mm256_set1_epi32(static_cast<int>(std::max<int64_t>(H - last, 0)));
-  const __m256i vsh = _mm256_set1_epi32(static_cast<int>(sh));
-  const __m256i vsw = _mm256_set1_epi32(static_cast<int>(sw));
+  const RowLanes<kBilinear> row(a, rx, d, ry, H, W, sh, sw);
   const int* base = reinterpret_cast<const int*>(src);
   const auto* bytes = reinterpret_cast<const char*>(src);
   int64_t u = lo;
   for (; u + 8 <= hi; u += 8) {
-    const __m256 uf = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(u)), lane);
-    const __m256 x = _mm256_fmadd_ps(va, uf, vrx);
-    const __m256 y = _mm256_fmadd_ps(vd, uf, vry);
-    const int mode = kBilinear ? _MM_FROUND_TO_NEG_INF : _MM_FROUND_TO_NEAREST_INT;
-    const __m256 xf = _mm256_round_ps(x, mode | _MM_FROUND_NO_EXC);
-    const __m256 yf = _mm256_round_ps(y, mode | _MM_FROUND_NO_EXC);
-    const __m256i ix = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(xf), zero), xmax);
-    const __m256i iy = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(yf), zero), ymax);
-    const __m256i idx = plane_offsets(ix, iy, vsh, vsw);
+    __m256 fx, fy;
+    const __m256i idx = row.at(u, fx, fy);
     __m256i t00 = _mm256_i32gather_epi32(base, idx, 1), t01 = zero, t10 = zero, t11 = zero;
     __m256 w00 = _mm256_set1_ps(1.f), w01 = w00, w10 = w00, w11 = w00;
     if (kBilinear) {
       t01 = _mm256_i32gather_epi32(reinterpret_cast<const int*>(bytes + sw), idx, 1);
       t10 = _mm256_i32gather_epi32(reinterpret_cast<const int*>(bytes + sh), idx, 1);
       t11 = _mm256_i32gather_epi32(reinterpret_cast<const int*>(bytes + sh + sw), idx, 1);
-      const __m256 fx = _mm256_sub_ps(x, xf), fy = _mm256_sub_ps(y, yf);
       const __m256 gx = _mm256_sub_ps(_mm256_set1_ps(1.f), fx);
       const __m256 gy = _mm256_sub_ps(_mm256_set1_ps(1.f), fy);
       w00 = _mm256_mul_ps(gx, gy), w01 = _mm256_mul_ps(fx, gy);
