@@ -209,10 +209,24 @@ __attribute__((target("avx2,fma"))) inline __m256i plane_offsets(__m256i ix, __m
   return _mm256_add_epi32(_mm256_mullo_epi32(iy, vsh), _mm256_mullo_epi32(ix, vsw));
 }
 
+// The four bilinear weights of eight pixels from their fractional positions:
+// w[0] (x0, y0), w[1] (x0 + 1, y0), w[2] (x0, y0 + 1), w[3] (x0 + 1, y0 + 1).
+struct BilinearWeights {
+  __m256 w[4];
+};
+
+__attribute__((target("avx2,fma"))) inline BilinearWeights bilinear_weights(__m256 fx, __m256 fy) {
+  const __m256 gx = _mm256_sub_ps(_mm256_set1_ps(1.f), fx);
+  const __m256 gy = _mm256_sub_ps(_mm256_set1_ps(1.f), fy);
+  return {
+      {_mm256_mul_ps(gx, gy), _mm256_mul_ps(fx, gy), _mm256_mul_ps(gx, fy), _mm256_mul_ps(fx, fy)}};
+}
+
 // Where eight consecutive output pixels of a row read, for the interior
 // loops: the offset of each pixel's first tap (clamped into the image, so
 // that no rounding can read outside it) and, for bilinear, the fractional
-// position. Built once per row run; `at` is called per eight columns.
+// position. Built once per row run; `at` is called per eight columns
+// (`position` alone by the edge loop, which does its own bounds).
 template <bool kBilinear>
 struct RowLanes {
   __m256 lane, va, vd, vrx, vry;
@@ -231,10 +245,16 @@ struct RowLanes {
     vsw = _mm256_set1_epi32(static_cast<int>(sw));
   }
 
-  __attribute__((target("avx2,fma"))) __m256i at(int64_t u, __m256& fx, __m256& fy) const {
+  // The source positions of columns u .. u + 7.
+  __attribute__((target("avx2,fma"))) void position(int64_t u, __m256& x, __m256& y) const {
     const __m256 uf = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(u)), lane);
-    const __m256 x = _mm256_fmadd_ps(va, uf, vrx);
-    const __m256 y = _mm256_fmadd_ps(vd, uf, vry);
+    x = _mm256_fmadd_ps(va, uf, vrx);
+    y = _mm256_fmadd_ps(vd, uf, vry);
+  }
+
+  __attribute__((target("avx2,fma"))) __m256i at(int64_t u, __m256& fx, __m256& fy) const {
+    __m256 x, y;
+    position(u, x, y);
     const int mode = kBilinear ? _MM_FROUND_TO_NEG_INF : _MM_FROUND_TO_NEAREST_INT;
     const __m256 xf = _mm256_round_ps(x, mode | _MM_FROUND_NO_EXC);
     const __m256 yf = _mm256_round_ps(y, mode | _MM_FROUND_NO_EXC);
@@ -269,10 +289,7 @@ __attribute__((target("avx2,fma"))) int64_t interior_run_avx2(
       }
       continue;
     }
-    const __m256 gx = _mm256_sub_ps(_mm256_set1_ps(1.f), fx);
-    const __m256 gy = _mm256_sub_ps(_mm256_set1_ps(1.f), fy);
-    const __m256 w00 = _mm256_mul_ps(gx, gy), w01 = _mm256_mul_ps(fx, gy);
-    const __m256 w10 = _mm256_mul_ps(gx, fy), w11 = _mm256_mul_ps(fx, fy);
+    const BilinearWeights w = bilinear_weights(fx, fy);
     for (int64_t c = 0; c < C; ++c) {
       const float* p = src + c * in_sc;
       __m256 r;
@@ -282,8 +299,8 @@ __attribute__((target("avx2,fma"))) int64_t interior_run_avx2(
         const __m256 v10 = _mm256_i32gather_ps(p + sh, idx, 4);
         const __m256 v11 = _mm256_i32gather_ps(p + sd, idx, 4);
         // The operations of `sample_pairs`, so that both paths agree bitwise.
-        const __m256 left = _mm256_fmadd_ps(v10, w10, _mm256_mul_ps(v00, w00));
-        const __m256 right = _mm256_fmadd_ps(v11, w11, _mm256_mul_ps(v01, w01));
+        const __m256 left = _mm256_fmadd_ps(v10, w.w[2], _mm256_mul_ps(v00, w.w[0]));
+        const __m256 right = _mm256_fmadd_ps(v11, w.w[3], _mm256_mul_ps(v01, w.w[1]));
         r = _mm256_add_ps(left, right);
       } else {
         r = _mm256_i32gather_ps(p, idx, 4);
@@ -340,22 +357,19 @@ interior_run_u8_avx2(const uint8_t* src, int64_t C, int64_t sh, int64_t sw, int6
     __m256 fx, fy;
     const __m256i idx = row.at(u, fx, fy);
     __m256i t00 = _mm256_i32gather_epi32(base, idx, 1), t01 = zero, t10 = zero, t11 = zero;
-    __m256 w00 = _mm256_set1_ps(1.f), w01 = w00, w10 = w00, w11 = w00;
+    BilinearWeights w{};
     if (kBilinear) {
       t01 = _mm256_i32gather_epi32(reinterpret_cast<const int*>(bytes + sw), idx, 1);
       t10 = _mm256_i32gather_epi32(reinterpret_cast<const int*>(bytes + sh), idx, 1);
       t11 = _mm256_i32gather_epi32(reinterpret_cast<const int*>(bytes + sh + sw), idx, 1);
-      const __m256 gx = _mm256_sub_ps(_mm256_set1_ps(1.f), fx);
-      const __m256 gy = _mm256_sub_ps(_mm256_set1_ps(1.f), fy);
-      w00 = _mm256_mul_ps(gx, gy), w01 = _mm256_mul_ps(fx, gy);
-      w10 = _mm256_mul_ps(gx, fy), w11 = _mm256_mul_ps(fx, fy);
+      w = bilinear_weights(fx, fy);
     }
     for (int64_t c = 0; c < C; ++c) {
       __m256 r = low_byte(t00, byte);
       if (kBilinear) {
-        const __m256 left = _mm256_fmadd_ps(low_byte(t10, byte), w10, _mm256_mul_ps(r, w00));
-        const __m256 right =
-            _mm256_fmadd_ps(low_byte(t11, byte), w11, _mm256_mul_ps(low_byte(t01, byte), w01));
+        const __m256 left = _mm256_fmadd_ps(low_byte(t10, byte), w.w[2], _mm256_mul_ps(r, w.w[0]));
+        const __m256 right = _mm256_fmadd_ps(low_byte(t11, byte), w.w[3],
+                                             _mm256_mul_ps(low_byte(t01, byte), w.w[1]));
         r = _mm256_add_ps(left, right);
       }
       _mm256_storeu_ps(out + c * out_sc + u, epilogue(r, scale, shift, c));
@@ -373,8 +387,8 @@ interior_run_u8_avx2(const uint8_t* src, int64_t C, int64_t sh, int64_t sw, int6
 // read: the vector counterpart of `footprint` + `sample_linear` for zeros,
 // fill and border padding. Taps outside the image are never loaded (masked
 // gathers of clamped offsets) and read the channel's fill value; positions
-// that are non-finite or touch no pixel take the fill value. The last columns
-// are written through a lane mask. Float images as for `interior_run_avx2`;
+// that are non-finite or touch no pixel take the fill value. A last, partial
+// group of columns is computed whole and stored in part. Float images as for `interior_run_avx2`;
 // channels-last uint8 images as for `interior_run_u8_avx2` (one 32-bit
 // gather per tap for all channels, results `value * scale[c] + shift[c]`).
 template <bool kBilinear, typename in_t>
@@ -384,9 +398,7 @@ __attribute__((target("avx2,fma"))) void edge_run_avx2(
     const float* scale, const float* shift, float* out, int64_t out_sc) {
   constexpr bool kBytes = std::is_same_v<in_t, uint8_t>;
   static_assert(kBytes || std::is_same_v<in_t, float>, "float or uint8 images");
-  const __m256 lane = _mm256_setr_ps(0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
-  const __m256 va = _mm256_set1_ps(a), vd = _mm256_set1_ps(d);
-  const __m256 vrx = _mm256_set1_ps(rx), vry = _mm256_set1_ps(ry);
+  const RowLanes<kBilinear> row(a, rx, d, ry, H, W, sh, sw);
   const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.f);
   const __m256 huge = _mm256_set1_ps(std::numeric_limits<float>::max());
   const __m256 xlast = _mm256_set1_ps(static_cast<float>(W - 1));
@@ -395,15 +407,13 @@ __attribute__((target("avx2,fma"))) void edge_run_avx2(
   const __m256i byte = _mm256_set1_epi32(0xff);
   const __m256i ixlast = _mm256_set1_epi32(static_cast<int>(W - 1));
   const __m256i iylast = _mm256_set1_epi32(static_cast<int>(H - 1));
-  const __m256i vsh = _mm256_set1_epi32(static_cast<int>(sh));
-  const __m256i vsw = _mm256_set1_epi32(static_cast<int>(sw));
+  const __m256i vsh = row.vsh, vsw = row.vsw;
   const int* words = reinterpret_cast<const int*>(src);
   for (int64_t u = lo; u < hi; u += 8) {
     // Lanes past `hi` are computed (from in-image offsets) but not stored.
     const int n = static_cast<int>(std::min<int64_t>(hi - u, 8));
-    const __m256 uf = _mm256_add_ps(_mm256_set1_ps(static_cast<float>(u)), lane);
-    __m256 x = _mm256_fmadd_ps(va, uf, vrx);
-    __m256 y = _mm256_fmadd_ps(vd, uf, vry);
+    __m256 x, y;
+    row.position(u, x, y);
     // |x| <= FLT_MAX fails for NaN and both infinities.
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 finite =
@@ -475,9 +485,8 @@ __attribute__((target("avx2,fma"))) void edge_run_avx2(
     const __m256i k11 = _mm256_and_si256(iok, _mm256_and_si256(in_y1, in_x1));
     const __m256 m00 = _mm256_castsi256_ps(k00), m01 = _mm256_castsi256_ps(k01);
     const __m256 m10 = _mm256_castsi256_ps(k10), m11 = _mm256_castsi256_ps(k11);
-    const __m256 wx0 = _mm256_sub_ps(one, fx), wy0 = _mm256_sub_ps(one, fy);
-    const __m256 w00 = _mm256_mul_ps(wy0, wx0), w01 = _mm256_mul_ps(wy0, fx);
-    const __m256 w10 = _mm256_mul_ps(fy, wx0), w11 = _mm256_mul_ps(fy, fx);
+    const BilinearWeights bw = bilinear_weights(fx, fy);
+    const __m256 w00 = bw.w[0], w01 = bw.w[1], w10 = bw.w[2], w11 = bw.w[3];
     // The weight of the taps outside, which read the fill value; all of it
     // for positions that read nothing.
     __m256 outside = _mm256_add_ps(_mm256_andnot_ps(m00, w00), _mm256_andnot_ps(m01, w01));
