@@ -123,6 +123,29 @@ void check_normalize_args(const char* op, const at::Tensor& images, const at::Te
               ": out_dtype must be float32, float16 or bfloat16, got ", out_dtype);
 }
 
+OutCall check_out_call(const char* op, const at::Tensor& images, const at::Tensor& matrices,
+                       c10::string_view mode, c10::string_view padding_mode, bool align_corners,
+                       c10::ArrayRef<double> fill, const at::Tensor& out, const at::Tensor* mean,
+                       const at::Tensor* std) {
+  const Views views = check_inputs(op, images, matrices);
+  const Options opt = parse_options(op, mode, padding_mode, align_corners);
+  TORCH_CHECK(out.dim() >= 2, op, ": out must be (B, C, H', W') or (K, B, C, H', W')");
+  if (mean != nullptr && std != nullptr) {
+    check_normalize_args(op, images, *mean, *std, out.scalar_type());
+  }
+  check_out(op, images, views, {out.size(-2), out.size(-1)}, out);
+  return {opt, channel_fill(op, fill, images.size(1), opt.padding)};
+}
+
+at::Tensor normalize_output(const char* op, const at::Tensor& images, const at::Tensor& matrices,
+                            const at::Tensor& mean, const at::Tensor& std, c10::IntArrayRef size,
+                            at::ScalarType out_dtype) {
+  const Views views = check_inputs(op, images, matrices);
+  check_size(op, size);
+  check_normalize_args(op, images, mean, std, out_dtype);
+  return empty_output(images, views, size, out_dtype, false);
+}
+
 Views check_backward_args(const char* op, const at::Tensor& grad_out,
                           const std::optional<at::Tensor>& images, const at::Tensor& matrices,
                           c10::IntArrayRef input_size) {

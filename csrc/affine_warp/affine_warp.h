@@ -67,6 +67,26 @@ at::Tensor empty_output(const at::Tensor& images, const Views& views, c10::IntAr
 void check_normalize_args(const char* op, const at::Tensor& images, const at::Tensor& mean,
                           const at::Tensor& std, at::ScalarType out_dtype);
 
+// What an out= entry point has checked and parsed: the options and the
+// per-channel fill values for the launcher.
+struct OutCall {
+  Options opt;
+  std::vector<double> fills;
+};
+
+// The checks of an out= call: images and matrices, options, the buffer, and
+// for the normalising warp (mean and std given) its extra arguments.
+OutCall check_out_call(const char* op, const at::Tensor& images, const at::Tensor& matrices,
+                       c10::string_view mode, c10::string_view padding_mode, bool align_corners,
+                       c10::ArrayRef<double> fill, const at::Tensor& out,
+                       const at::Tensor* mean = nullptr, const at::Tensor* std = nullptr);
+
+// Checks the arguments of the allocating normalising warp and allocates its
+// (contiguous NCHW) output.
+at::Tensor normalize_output(const char* op, const at::Tensor& images, const at::Tensor& matrices,
+                            const at::Tensor& mean, const at::Tensor& std, c10::IntArrayRef size,
+                            at::ScalarType out_dtype);
+
 // Checks the arguments of the backward op: grad_out (B, C, H', W') or
 // (K, B, C, H', W') for the matrices, images (when given) of input_size.
 Views check_backward_args(const char* op, const at::Tensor& grad_out,

@@ -986,13 +986,9 @@ void affine_warp_out_cpu(const at::Tensor& images, const at::Tensor& matrices,
                          c10::string_view mode, c10::string_view padding_mode, bool align_corners,
                          c10::ArrayRef<double> fill, at::Tensor& out) {
   const char* op = "affine_warp";
-  const Views views = check_inputs(op, images, matrices);
-  const Options opt = parse_options(op, mode, padding_mode, align_corners);
-  TORCH_CHECK(out.dim() >= 2, op, ": out must be (B, C, H', W') or (K, B, C, H', W')");
-  check_out(op, images, views, {out.size(-2), out.size(-1)}, out);
-  const auto fills = channel_fill(op, fill, images.size(1), opt.padding);
-
-  run_forward(op, images, matrices, opt, fills, {}, {}, out);
+  const auto call =
+      check_out_call(op, images, matrices, mode, padding_mode, align_corners, fill, out);
+  run_forward(op, images, matrices, call.opt, call.fills, {}, {}, out);
 }
 
 // Maps in the pages of a fresh output before the kernel writes it. A large
@@ -1047,12 +1043,8 @@ void warp_normalize_out_cpu(const at::Tensor& images, const at::Tensor& matrices
                             c10::string_view padding_mode, bool align_corners,
                             c10::ArrayRef<double> fill, at::Tensor& out) {
   const char* op = "warp_normalize";
-  const Views views = check_inputs(op, images, matrices);
-  const Options opt = parse_options(op, mode, padding_mode, align_corners);
-  TORCH_CHECK(out.dim() >= 2, op, ": out must be (B, C, H', W') or (K, B, C, H', W')");
-  check_normalize_args(op, images, mean, std, out.scalar_type());
-  check_out(op, images, views, {out.size(-2), out.size(-1)}, out);
-  const auto fills = channel_fill(op, fill, images.size(1), opt.padding);
+  const auto call = check_out_call(op, images, matrices, mode, padding_mode, align_corners, fill,
+                                   out, &mean, &std);
 
   // result = (value / 255 - mean) / std = value * scale + shift.
   const at::Tensor m = mean.to(at::kDouble).contiguous(), s = std.to(at::kDouble).contiguous();
@@ -1062,7 +1054,7 @@ void warp_normalize_out_cpu(const at::Tensor& images, const at::Tensor& matrices
     scale[c] = 1.0 / (255.0 * s.const_data_ptr<double>()[c]);
     shift[c] = -m.const_data_ptr<double>()[c] / s.const_data_ptr<double>()[c];
   }
-  run_forward(op, images, matrices, opt, fills, scale, shift, out);
+  run_forward(op, images, matrices, call.opt, call.fills, scale, shift, out);
 }
 
 at::Tensor warp_normalize_cpu(const at::Tensor& images, const at::Tensor& matrices,
@@ -1070,11 +1062,7 @@ at::Tensor warp_normalize_cpu(const at::Tensor& images, const at::Tensor& matric
                               c10::string_view padding_mode, bool align_corners,
                               c10::ArrayRef<double> fill, c10::IntArrayRef size,
                               at::ScalarType out_dtype) {
-  const char* op = "warp_normalize";
-  const Views views = check_inputs(op, images, matrices);
-  check_size(op, size);
-  check_normalize_args(op, images, mean, std, out_dtype);
-  at::Tensor out = empty_output(images, views, size, out_dtype, false);
+  at::Tensor out = normalize_output("warp_normalize", images, matrices, mean, std, size, out_dtype);
   populate_output(out);
   warp_normalize_out_cpu(images, matrices, mean, std, mode, padding_mode, align_corners, fill, out);
   return out;

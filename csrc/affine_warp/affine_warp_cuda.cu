@@ -519,14 +519,11 @@ void affine_warp_out_cuda(const at::Tensor& images, const at::Tensor& matrices,
                           c10::string_view mode, c10::string_view padding_mode, bool align_corners,
                           c10::ArrayRef<double> fill, at::Tensor& out) {
   const char* op = "affine_warp";
-  const Views views = check_inputs(op, images, matrices);
-  const Options opt = parse_options(op, mode, padding_mode, align_corners);
-  TORCH_CHECK(out.dim() >= 2, op, ": out must be (B, C, H', W') or (K, B, C, H', W')");
-  check_out(op, images, views, {out.size(-2), out.size(-1)}, out);
-  const auto fills = channel_fill(op, fill, images.size(1), opt.padding);
+  const auto call =
+      check_out_call(op, images, matrices, mode, padding_mode, align_corners, fill, out);
 
   c10::cuda::CUDAGuard guard(images.device());
-  run_forward(op, images, matrices, opt, fills, at::Tensor(), at::Tensor(), out);
+  run_forward(op, images, matrices, call.opt, call.fills, at::Tensor(), at::Tensor(), out);
 }
 
 at::Tensor affine_warp_cuda(const at::Tensor& images, const at::Tensor& matrices,
@@ -549,12 +546,8 @@ void warp_normalize_out_cuda(const at::Tensor& images, const at::Tensor& matrice
                              c10::string_view padding_mode, bool align_corners,
                              c10::ArrayRef<double> fill, at::Tensor& out) {
   const char* op = "warp_normalize";
-  const Views views = check_inputs(op, images, matrices);
-  const Options opt = parse_options(op, mode, padding_mode, align_corners);
-  TORCH_CHECK(out.dim() >= 2, op, ": out must be (B, C, H', W') or (K, B, C, H', W')");
-  check_normalize_args(op, images, mean, std, out.scalar_type());
-  check_out(op, images, views, {out.size(-2), out.size(-1)}, out);
-  const auto fills = channel_fill(op, fill, images.size(1), opt.padding);
+  const auto call = check_out_call(op, images, matrices, mode, padding_mode, align_corners, fill,
+                                   out, &mean, &std);
 
   c10::cuda::CUDAGuard guard(images.device());
   // result = (value / 255 - mean) / std = value * scale + shift, formed on the
@@ -562,7 +555,7 @@ void warp_normalize_out_cuda(const at::Tensor& images, const at::Tensor& matrice
   const at::Tensor s = std.to(at::kDouble), m = mean.to(at::kDouble);
   const at::Tensor scale = (1.0 / (255.0 * s)).to(at::kFloat).contiguous();
   const at::Tensor shift = (-m / s).to(at::kFloat).contiguous();
-  run_forward(op, images, matrices, opt, fills, scale, shift, out);
+  run_forward(op, images, matrices, call.opt, call.fills, scale, shift, out);
 }
 
 at::Tensor warp_normalize_cuda(const at::Tensor& images, const at::Tensor& matrices,
@@ -570,13 +563,8 @@ at::Tensor warp_normalize_cuda(const at::Tensor& images, const at::Tensor& matri
                                c10::string_view padding_mode, bool align_corners,
                                c10::ArrayRef<double> fill, c10::IntArrayRef size,
                                at::ScalarType out_dtype) {
-  const char* op = "warp_normalize";
-  const Views views = check_inputs(op, images, matrices);
-  check_size(op, size);
-  check_normalize_args(op, images, mean, std, out_dtype);
-
   c10::cuda::CUDAGuard guard(images.device());
-  at::Tensor out = empty_output(images, views, size, out_dtype, false);
+  at::Tensor out = normalize_output("warp_normalize", images, matrices, mean, std, size, out_dtype);
   warp_normalize_out_cuda(images, matrices, mean, std, mode, padding_mode, align_corners, fill,
                           out);
   return out;
