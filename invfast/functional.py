@@ -87,7 +87,7 @@ def _output_shape(images, matrices, size):
     return shape if matrices.dim() == 3 else (matrices.shape[0], *shape)
 
 
-def _check_out(out, expected_shape, dtype, images, op):
+def _check_out(out, expected_shape, dtype, images, matrices, op):
     _check_tensor("out", out, op)
     if tuple(out.shape) != tuple(expected_shape):
         raise ValueError(
@@ -97,7 +97,7 @@ def _check_out(out, expected_shape, dtype, images, op):
         raise ValueError(
             f"{op}: out must be {dtype} on {images.device}, got {out.dtype} on {out.device}"
         )
-    if torch.is_grad_enabled() and images.requires_grad:
+    if torch.is_grad_enabled() and (images.requires_grad or matrices.requires_grad):
         raise RuntimeError(f"{op}: out= does not support autograd; call it under torch.no_grad()")
 
 
@@ -177,7 +177,7 @@ def affine_warp(
     dtype = images.dtype if out_dtype is None else out_dtype
     fills = _fill_values(fill, images.shape[1], op)
     if out is not None:
-        _check_out(out, _output_shape(images, matrices, size), dtype, images, op)
+        _check_out(out, _output_shape(images, matrices, size), dtype, images, matrices, op)
 
     if not _ops.use_kernel(op, images.device, _unsupported(images, fills, padding_mode)):
         result = reference.affine_warp(
@@ -284,11 +284,7 @@ def warp_normalize(
     fills = _fill_values(fill, C, op)
 
     if out is not None:
-        _check_out(out, _output_shape(x, matrices, size), out_dtype, x, op)
-        if torch.is_grad_enabled() and matrices.requires_grad:
-            raise RuntimeError(
-                f"{op}: out= does not support autograd; call it under torch.no_grad()"
-            )
+        _check_out(out, _output_shape(x, matrices, size), out_dtype, x, matrices, op)
 
     unsupported = _unsupported(x, fills, padding_mode)
     if unsupported is None and matrices.requires_grad and torch.is_grad_enabled():

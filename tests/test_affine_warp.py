@@ -305,6 +305,8 @@ class TestEdgeCases:
         with pytest.raises(ValueError, match="out must have shape"):
             invfast.affine_warp(x, m, out=out)
         with pytest.raises(RuntimeError, match="out= does not support autograd"):
+            invfast.affine_warp(x, m.clone().requires_grad_(), size=(5, 6), out=out)
+        with pytest.raises(RuntimeError, match="out= does not support autograd"):
             invfast.affine_warp(x.requires_grad_(), m, size=(5, 6), out=out)
 
     @pytest.mark.parametrize("device", DEVICES)
@@ -734,6 +736,8 @@ class TestWarpNormalize:
             invfast.warp_normalize(x, m[0], out=out, **kw)
         with pytest.raises(ValueError, match="out must be torch.float32"):
             invfast.warp_normalize(x, m, out=out.half(), **kw)
+        with pytest.raises(RuntimeError, match="out= does not support autograd"):
+            invfast.warp_normalize(x, m.clone().requires_grad_(), out=out, **kw)
         nchw = x.permute(0, 3, 1, 2)
         torch.library.opcheck(
             torch.ops.invfast.warp_normalize_out.default,
