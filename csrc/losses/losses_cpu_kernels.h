@@ -165,27 +165,50 @@ T reduce_max(Vec<T> v) {
 inline Vec<float> fast_exp(Vec<float> v) { return v.exp_u20(); }
 inline Vec<double> fast_exp(Vec<double> v) { return v.exp(); }
 
-// Softmax statistics of a row, with e_c = exp((x_c - max) * inv_t) left in e.
-template <typename T>
-RowSoftmax<T> softmax_row(const T* x, int64_t C, T inv_t, T* e) {
+// Softmax statistics of R rows, with e_c = exp((x_c - max) * inv_t) of row r
+// left in e[r]. NOTE: the rows share each loop so that their exp() chains
+// overlap: with C ~ 100 a row is a dozen chunks, and one row alone leaves the
+// core waiting on the latency of every chunk's exp() and on the reductions.
+template <int R, typename T>
+void softmax_rows(const T* const (&x)[R], int64_t C, const T (&inv_t)[R], T* const (&e)[R],
+                  RowSoftmax<T> (&out)[R]) {
   using V = Vec<T>;
   const T ninf = -std::numeric_limits<T>::infinity();
-  V vmax(ninf);
-  for_chunks<T>(C,
-                [&](int64_t i, int64_t n) { vmax = at::vec::maximum(vmax, load(x + i, n, ninf)); });
-  const T max = reduce_max(vmax);
-
-  const RowSoftmax<T> shift{max, inv_t, T(0), T(0)};
-  V vsum(T(0));
+  V vmax[R];
+  for (int r = 0; r < R; ++r) {
+    vmax[r] = V(ninf);
+  }
   for_chunks<T>(C, [&](int64_t i, int64_t n) {
-    V ev = fast_exp(shifted(shift, load(x + i, n)));
-    if (n < V::size()) {
-      ev = V::set(V(T(0)), ev, n);
+    for (int r = 0; r < R; ++r) {
+      vmax[r] = at::vec::maximum(vmax[r], load(x[r] + i, n, ninf));
     }
-    store(ev, e + i, n);
-    vsum += ev;
   });
-  return row_softmax(max, reduce_sum(vsum), inv_t);
+  RowSoftmax<T> shift[R];
+  V vsum[R];
+  for (int r = 0; r < R; ++r) {
+    shift[r] = RowSoftmax<T>{reduce_max(vmax[r]), inv_t[r], T(0), T(0)};
+    vsum[r] = V(T(0));
+  }
+  for_chunks<T>(C, [&](int64_t i, int64_t n) {
+    for (int r = 0; r < R; ++r) {
+      V ev = fast_exp(shifted(shift[r], load(x[r] + i, n)));
+      if (n < V::size()) {
+        ev = V::set(V(T(0)), ev, n);
+      }
+      store(ev, e[r] + i, n);
+      vsum[r] += ev;
+    }
+  });
+  for (int r = 0; r < R; ++r) {
+    out[r] = row_softmax(shift[r].max, reduce_sum(vsum[r]), inv_t[r]);
+  }
+}
+
+template <typename T>
+RowSoftmax<T> softmax_row(const T* x, int64_t C, T inv_t, T* e) {
+  RowSoftmax<T> out[1];
+  softmax_rows<1, T>({x}, C, {inv_t}, {e}, out);
+  return out[0];
 }
 
 template <Pair kind, typename T>
@@ -194,8 +217,9 @@ T pair_row(const PairRow<T>& r) {
   const int64_t C = r.C;
   T* ea = r.scratch;
   T* eb = r.scratch + C;
-  const RowSoftmax<T> sa = softmax_row(r.a, C, r.inv_ta, ea);
-  const RowSoftmax<T> sb = softmax_row(r.b, C, r.inv_tb, eb);
+  RowSoftmax<T> s[2];
+  softmax_rows<2, T>({r.a, r.b}, C, {r.inv_ta, r.inv_tb}, {ea, eb}, s);
+  const RowSoftmax<T>&sa = s[0], &sb = s[1];
   const V inv_sa(sa.inv_sum), inv_sb(sb.inv_sum);
   // NOTE: the symmetric KL is the mean of the two directions, as R-Drop uses it.
   const T half = kind == Pair::SymmetricKL ? T(0.5) : T(1);
@@ -270,8 +294,16 @@ T js_row(const JsRow<T>& r) {
   using V = Vec<T>;
   const int64_t C = r.C, K = r.K;
   RowSoftmax<T> s[kMaxViews];
-  for (int64_t k = 0; k < K; ++k) {
-    s[k] = softmax_row(r.x[k], C, r.inv_t, r.scratch + k * C);
+  int64_t k0 = 0;
+  for (; k0 + 2 <= K; k0 += 2) {
+    RowSoftmax<T> two[2];
+    softmax_rows<2, T>({r.x[k0], r.x[k0 + 1]}, C, {r.inv_t, r.inv_t},
+                       {r.scratch + k0 * C, r.scratch + (k0 + 1) * C}, two);
+    s[k0] = two[0];
+    s[k0 + 1] = two[1];
+  }
+  if (k0 < K) {
+    s[k0] = softmax_row(r.x[k0], C, r.inv_t, r.scratch + k0 * C);
   }
   T* log_m = r.scratch + K * C;
 
