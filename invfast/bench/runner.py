@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import gc
 import json
 import os
 import platform
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 
 import torch
-from torch.utils import benchmark as tbench
 
 
 @dataclasses.dataclass
@@ -57,26 +60,129 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_fn(fn: Callable[[], object], device: str, min_time: float) -> list[float]:
-    """Seconds per call of every measured block (warm-up first)."""
-    fn()
+# A measured block repeats a call until it lasts about this long, so that the
+# timer's own cost and resolution do not show in the per-call time.
+BLOCK_SECONDS = 2e-3
+
+
+def _block(fn: Callable[[], object], number: int, device: str) -> float:
+    """Seconds per call of ``number`` calls in a row."""
     _sync(device)
-    # Timer runs on one thread unless told otherwise.
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    m = timer.blocked_autorange(min_run_time=min_time)
-    return list(m.times)
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / number
+
+
+def time_providers(
+    fns: list[Callable[[], object]], device: str, min_time: float, rounds: int = 5
+) -> list[list[float] | BaseException]:
+    """Seconds per call of every measured block, for each function in turn.
+
+    The functions take turns: each runs for ``min_time / rounds`` seconds per
+    round, ``rounds`` times. A machine whose speed drifts while a case is
+    measured (other tenants, frequency, a neighbour's build) then slows every
+    provider alike, and the ratios between them stay meaningful; measured one
+    after the other, the first provider could see a quiet machine and the
+    last a busy one. Garbage collection is off while a block runs.
+
+    A function that raises is measured no further; its exception takes its
+    place in the result.
+    """
+    out: list[list[float] | BaseException] = []
+    numbers = []
+    for fn in fns:
+        try:
+            fn()  # warm-up: first-call allocation, lazy initialisation, compilation
+            once = _block(fn, 1, device)
+            numbers.append(max(1, int(BLOCK_SECONDS / max(once, 1e-9))))
+            out.append([])
+        except Exception as exc:
+            numbers.append(0)
+            out.append(exc)
+    share = min_time / rounds
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for i, fn in enumerate(fns):
+                times = out[i]
+                if isinstance(times, BaseException):
+                    continue
+                spent = 0.0
+                try:
+                    # At least one block per round, however slow the call.
+                    while spent < share or not times:
+                        t = _block(fn, numbers[i], device)
+                        times.append(t)
+                        spent += t * numbers[i]
+                        if spent >= share:
+                            break
+                except Exception as exc:
+                    out[i] = exc
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return out
+
+
+def time_fn(fn: Callable[[], object], device: str, min_time: float) -> list[float]:
+    """Seconds per call of every measured block of one function (warm-up first)."""
+    (times,) = time_providers([fn], device, min_time, rounds=1)
+    if isinstance(times, BaseException):
+        raise times
+    return times
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silences what C++ libraries print on file descriptor 2 (the profiler's banner)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def peak_memory_mib(fn: Callable[[], object], device: str) -> float | None:
-    """Peak memory the call allocates on a CUDA device; None on the CPU."""
-    if not device.startswith("cuda"):
+    """Peak memory one call allocates above what was allocated before it, in MiB.
+
+    On CUDA from the caching allocator's statistics. On the CPU from the
+    profiler's memory events, which follow every allocation of PyTorch's CPU
+    allocator; memory that a library allocates behind PyTorch's back (a
+    peer's own buffers, a compiled kernel's scratch from malloc) is not seen.
+    None when the profiler gives no memory events.
+    """
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f).get("traceEvents", [])
+    memory = [e["args"] for e in events if e.get("name") == "[memory]" and "Bytes" in e["args"]]
+    if not memory:
         return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # NOTE: the running total carries over from earlier profiles (a block
+    # freed while no profile runs is never subtracted), so the baseline is the
+    # total just before this call's first event.
+    base = memory[0]["Total Allocated"] - memory[0]["Bytes"]
+    return max(0, max(m["Total Allocated"] for m in memory) - base) / 2**20
 
 
 def copy_seconds(nbytes: int, device: str, min_time: float) -> float:
@@ -92,16 +198,21 @@ def quantile_ms(times: list[float], q: float) -> float:
     return float(torch.tensor(times, dtype=torch.float64).quantile(q)) * 1e3
 
 
-def run_case(case: Case, min_time: float) -> list[Result]:
+def run_case(case: Case, min_time: float, rounds: int = 5) -> list[Result]:
+    """Times every provider of a case, taking turns, and a copy of the same bytes."""
     copy_s = copy_seconds(case.bytes_moved, case.device, min_time)
+    timed = time_providers([p.fn for p in case.providers], case.device, min_time, rounds)
     results = []
-    for p in case.providers:
-        try:
-            times = time_fn(p.fn, case.device, min_time)
-            peak = peak_memory_mib(p.fn, case.device)
-        except Exception as exc:  # a peer that cannot run this case is reported, not fatal
+    for p, times in zip(case.providers, timed):
+        peak = None
+        if not isinstance(times, BaseException):
+            try:
+                peak = peak_memory_mib(p.fn, case.device)
+            except Exception as exc:
+                times = exc
+        if isinstance(times, BaseException):  # a peer that cannot run this case is reported
             nan = float("nan")
-            error = f"{type(exc).__name__}: {exc}"
+            error = f"{type(times).__name__}: {times}"
             row = (case.family, case.name, p.name, case.device, nan, nan, nan, nan, case.unit)
             results.append(Result(*row, None, nan, nan, error))
             continue
@@ -177,7 +288,7 @@ def markdown(results: list[Result]) -> str:
                 )
                 continue
             ratios = ["-" if r is o else speedup(r.median_ms / o.median_ms) for o in ours]
-            peak = "-" if r.peak_mib is None else f"{r.peak_mib:.0f}"
+            peak = "-" if r.peak_mib is None else f"{r.peak_mib:.{0 if r.peak_mib >= 10 else 1}f}"
             out.append(
                 f"| {r.provider} | {r.median_ms:.3f} | {r.p20_ms:.3f}-{r.p80_ms:.3f} "
                 f"| {r.per_s:,.0f} | {r.gbps:.1f} | {r.copy_fraction:.0%} | {peak} | "
