@@ -287,6 +287,30 @@ class TestSavedGradients:
         assert torch.equal(grad, kept)
         assert_close(a.grad, 3.0 * kept / (6 if name == "fixmatch" else 1), 1e-6, 1e-6, name)
 
+    @pytest.mark.parametrize("name", ["kl_consistency", "mse_consistency", "symmetric_kl", "js"])
+    def test_unit_upstream_gradient(self, name):
+        # A loss that is backward()'s root hands its buffer on unscaled; the
+        # gradients must match a weighted call, the reference, and stay
+        # separate from call to call.
+        a = logits((6, 9), "cpu", torch.float32, 1).requires_grad_()
+        b = logits((6, 9), "cpu", torch.float32, 2).requires_grad_()
+        kw = {"detach_teacher": False} if name.endswith("consistency") else {}
+
+        def grads(lib, weight):
+            x, y = a.detach().requires_grad_(), b.detach().requires_grad_()
+            f = lib.js_consistency if name == "js" else getattr(lib, name)
+            loss = f(x, y, **kw)
+            (loss if weight is None else weight * loss).backward()
+            return x.grad, y.grad
+
+        first, second = grads(L, None), grads(L, None)
+        weighted, reference = grads(L, 0.5), grads(R, None)
+        for g1, g2, gw, gr in zip(first, second, weighted, reference):
+            assert g1.data_ptr() != g2.data_ptr()
+            assert torch.equal(g1, g2)
+            assert_close(gw, 0.5 * g1, 0, 0, f"{name} weighted")
+            assert_close(g1, gr, 1e-6, 1e-6, f"{name} vs reference")
+
     @pytest.mark.parametrize("reduction", ["none", "sum"])
     def test_retained_graph(self, reduction):
         a = logits((5, 7), "cpu", torch.float32, 1).requires_grad_()

@@ -60,6 +60,13 @@ bool scale_in_place(const at::Tensor& saved) {
 at::Tensor scale_saved(const at::Tensor& saved, const at::Tensor& grad, bool per_row) {
   const at::Tensor g = per_row ? grad.unsqueeze(1) : grad;
   if (scale_in_place(saved)) {
+    // NOTE: x * 1 is x exactly, so a loss whose upstream gradient is 1 (it
+    // was backward()'s root, or a term of a plain sum) hands its buffer on
+    // untouched. Only a 0-dim CPU gradient is looked at: reading one on a
+    // GPU would wait for the device.
+    if (!per_row && g.device().is_cpu() && g.numel() == 1 && g.item<double>() == 1.0) {
+      return saved;
+    }
     return saved.mul_(g);
   }
   return saved * g.to(saved.scalar_type());
