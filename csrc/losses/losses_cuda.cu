@@ -52,6 +52,13 @@ __device__ RowSoftmax<T> warp_softmax(const scalar_t* x, int64_t C, T inv_t, int
                                 __shfl_xor_sync(0xffffffffu, s.sum, offset)};
     s = softmax_stats_merge(s, other, inv_t);
   }
+  // NOTE: the butterfly gives every lane the same statistics only up to
+  // rounding: the merge's two products may be contracted into an FMA, and the
+  // two lanes of a pair then round differently. The callers branch on them
+  // (FixMatch's confidence test) around full-warp shuffles, which must not
+  // diverge, so every lane takes lane 0's.
+  s.max = __shfl_sync(0xffffffffu, s.max, 0);
+  s.sum = __shfl_sync(0xffffffffu, s.sum, 0);
   return row_softmax(s.max, s.sum, inv_t);
 }
 
