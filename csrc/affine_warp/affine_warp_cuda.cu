@@ -49,8 +49,10 @@ unsigned int blocks_for(int64_t n) {
 // Per-channel values passed by value: fill (one value, or one per channel up
 // to kMaxFillChannels), and for the normalising warp a scale and shift per
 // channel in device memory (result = value * scale + shift).
+// NOTE: fill is kept in double and cast to the kernel's coordinate type where
+// it is read, so that float64 images get the fill value the CPU kernel uses.
 struct Epilogue {
-  float fill[kMaxFillChannels];
+  double fill[kMaxFillChannels];
   int per_channel;
   const float* scale;
   const float* shift;
@@ -66,7 +68,7 @@ Epilogue make_epilogue(const char* op, const std::vector<double>& fills, int64_t
               kMaxFillChannels, " channels on CUDA, got ", C);
   ep.per_channel = uniform ? 0 : 1;
   for (int64_t c = 0; c < (uniform ? std::min<int64_t>(C, 1) : C); ++c) {
-    ep.fill[c] = static_cast<float>(fills[c]);
+    ep.fill[c] = fills[c];
   }
   return ep;
 }
