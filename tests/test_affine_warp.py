@@ -215,6 +215,18 @@ class TestExactCases:
         assert torch.equal(y, expected)
 
     @pytest.mark.parametrize("device", DEVICES)
+    def test_float64_fill_is_not_rounded(self, device):
+        # A shift by whole pixels: the uncovered columns read the fill value,
+        # which float64 images take exactly (0.1 is not a float32 value).
+        x = images_like(2, 3, 6, 8, dtype=torch.float64, device=device)
+        m = torch.tensor([[1.0, 0.0, 3.0], [0.0, 1.0, 0.0]], device=device).expand(2, 2, 3)
+        fill = [0.1, -0.3, 1 / 3]
+        y = invfast.affine_warp(x, m, padding_mode="fill", fill=fill)
+        expected = torch.tensor(fill, dtype=torch.float64, device=device).view(1, 3, 1, 1)
+        assert torch.equal(y[..., :3], expected.expand(2, 3, 6, 3))
+        assert torch.equal(y[..., 3:], x[..., :5])
+
+    @pytest.mark.parametrize("device", DEVICES)
     def test_horizontal_flip_is_exact(self, device):
         x = images_like(2, 3, 5, 8, device=device)
         m = torch.tensor([[-1.0, 0.0, 7.0], [0.0, 1.0, 0.0]], device=device).expand(2, 2, 3)

@@ -489,6 +489,29 @@ class TestFixMatch:
         assert torch.equal(strong.grad, torch.zeros_like(strong.grad))
 
     @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("classes", [3, 40])
+    def test_rows_without_a_finite_weak_logit_are_never_kept(self, device, classes):
+        # An all -inf row, a NaN among -inf logits, a NaN among finite ones; then a
+        # confident row and one just above the threshold (rows shorter and longer
+        # than a CUDA warp).
+        weak = torch.full((5, classes), float("-inf"), dtype=torch.float64, device=device)
+        weak[1, 1] = float("nan")
+        weak[2] = 0.0
+        weak[2, 0] = float("nan")
+        weak[3] = 0.0
+        weak[3, 2] = 20.0
+        weak[4] = logits((classes,), device, torch.float64, 3)
+        strong = logits((5, classes), device, torch.float64, 4).requires_grad_()
+        threshold = 0.999 * float(weak[4].softmax(0).max())
+        loss, kept = L.fixmatch_loss(weak, strong, threshold=threshold)
+        r_loss, r_kept = R.fixmatch_loss(weak, strong.detach(), threshold=threshold)
+        assert kept.item() == r_kept.item() == 2 / 5
+        assert_close(loss, r_loss, 1e-12, 1e-9, "fixmatch loss")
+        loss.backward()
+        assert torch.isfinite(strong.grad).all()
+        assert torch.equal(strong.grad[:3], torch.zeros_like(strong.grad[:3]))
+
+    @pytest.mark.parametrize("device", DEVICES)
     def test_weak_is_detached_and_temperature_sharpens(self, device):
         weak = logits((20, 5), device, torch.float32, 1).requires_grad_()
         strong = logits((20, 5), device, torch.float32, 2).requires_grad_()

@@ -49,8 +49,10 @@ unsigned int blocks_for(int64_t n) {
 // Per-channel values passed by value: fill (one value, or one per channel up
 // to kMaxFillChannels), and for the normalising warp a scale and shift per
 // channel in device memory (result = value * scale + shift).
+// NOTE: fill is kept in double and cast to the kernel's coordinate type where
+// it is read, so that float64 images get the fill value the CPU kernel uses.
 struct Epilogue {
-  float fill[kMaxFillChannels];
+  double fill[kMaxFillChannels];
   int per_channel;
   const float* scale;
   const float* shift;
@@ -66,7 +68,7 @@ Epilogue make_epilogue(const char* op, const std::vector<double>& fills, int64_t
               kMaxFillChannels, " channels on CUDA, got ", C);
   ep.per_channel = uniform ? 0 : 1;
   for (int64_t c = 0; c < (uniform ? std::min<int64_t>(C, 1) : C); ++c) {
-    ep.fill[c] = static_cast<float>(fills[c]);
+    ep.fill[c] = fills[c];
   }
   return ep;
 }
@@ -422,54 +424,60 @@ template <typename in_t>
 __global__ void backward_matrices_kernel(const in_t* __restrict__ in,
                                          const acc_t<in_t>* __restrict__ grad_out,
                                          const double* __restrict__ mats,
-                                         double* __restrict__ partial, Geometry g, Options opt,
-                                         Epilogue ep) {
+                                         double* __restrict__ partial, int64_t rows, Geometry g,
+                                         Options opt, Epilogue ep) {
   using coord_t = acc_t<in_t>;
   __shared__ double red[6][kRowThreads];
-  const int64_t row = blockIdx.x;
-  const int64_t kb = row / g.Ho, v = row % g.Ho;
-  const int64_t k = kb / g.B, b = kb % g.B;
-  const auto inv = invert_affine<coord_t>(mats + kb * g.mat_rows * 3, 3);
-  const in_t* src = in + b * g.in_sb;
-  const coord_t* gp = grad_out + k * g.out_sk + b * g.out_sb + v * g.out_sh;
-  double acc[6] = {0, 0, 0, 0, 0, 0};
-  for (int64_t u = threadIdx.x; u < g.Wo; u += blockDim.x) {
-    coord_t x, y;
-    source_position(inv, u, v, x, y);
-    if (!finite(x) || !finite(y)) {
-      continue;
-    }
-    double gx = 0.0, gy = 0.0;
-    for (int64_t c = 0; c < g.C; ++c) {
-      coord_t dx, dy;
-      const coord_t fill = static_cast<coord_t>(ep.fill[ep.per_channel ? c : 0]);
-      position_grad(src + c * g.in_sc, x, y, g.H, g.W, g.in_sh, g.in_sw, opt.mode, opt.padding,
-                    opt.align_corners, fill, dx, dy);
-      const double go = gp[c * g.out_sc + u * g.out_sw];
-      gx += go * dx;
-      gy += go * dy;
-    }
-    acc[0] += gx * x;
-    acc[1] += gx * y;
-    acc[2] += gx;
-    acc[3] += gy * x;
-    acc[4] += gy * y;
-    acc[5] += gy;
-  }
-  for (int t = 0; t < 6; ++t) {
-    red[t][threadIdx.x] = acc[t];
-  }
-  __syncthreads();
-  for (int s = kRowThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) {
-      for (int t = 0; t < 6; ++t) {
-        red[t][threadIdx.x] += red[t][threadIdx.x + s];
+  // NOTE: rows (K * B * H') may pass the grid's 2^31 - 1 blocks, so blocks
+  // stride over them; the loop is uniform across the block, so every thread
+  // reaches each __syncthreads.
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int64_t kb = row / g.Ho, v = row % g.Ho;
+    const int64_t k = kb / g.B, b = kb % g.B;
+    const auto inv = invert_affine<coord_t>(mats + kb * g.mat_rows * 3, 3);
+    const in_t* src = in + b * g.in_sb;
+    const coord_t* gp = grad_out + k * g.out_sk + b * g.out_sb + v * g.out_sh;
+    double acc[6] = {0, 0, 0, 0, 0, 0};
+    for (int64_t u = threadIdx.x; u < g.Wo; u += blockDim.x) {
+      coord_t x, y;
+      source_position(inv, u, v, x, y);
+      if (!finite(x) || !finite(y)) {
+        continue;
       }
+      double gx = 0.0, gy = 0.0;
+      for (int64_t c = 0; c < g.C; ++c) {
+        coord_t dx, dy;
+        const coord_t fill = static_cast<coord_t>(ep.fill[ep.per_channel ? c : 0]);
+        position_grad(src + c * g.in_sc, x, y, g.H, g.W, g.in_sh, g.in_sw, opt.mode, opt.padding,
+                      opt.align_corners, fill, dx, dy);
+        const double go = gp[c * g.out_sc + u * g.out_sw];
+        gx += go * dx;
+        gy += go * dy;
+      }
+      acc[0] += gx * x;
+      acc[1] += gx * y;
+      acc[2] += gx;
+      acc[3] += gy * x;
+      acc[4] += gy * y;
+      acc[5] += gy;
+    }
+    for (int t = 0; t < 6; ++t) {
+      red[t][threadIdx.x] = acc[t];
     }
     __syncthreads();
-  }
-  if (threadIdx.x < 6) {
-    partial[row * 6 + threadIdx.x] = red[threadIdx.x][0];
+    for (int s = kRowThreads / 2; s > 0; s >>= 1) {
+      if (threadIdx.x < s) {
+        for (int t = 0; t < 6; ++t) {
+          red[t][threadIdx.x] += red[t][threadIdx.x + s];
+        }
+      }
+      __syncthreads();
+    }
+    if (threadIdx.x < 6) {
+      partial[row * 6 + threadIdx.x] = red[threadIdx.x][0];
+    }
+    // The next row overwrites red[t][0], which threads 1 to 5 may still be reading.
+    __syncthreads();
   }
 }
 
@@ -622,14 +630,15 @@ std::tuple<at::Tensor, at::Tensor> affine_warp_backward_cuda(
       const Geometry g = geometry(images, grad5, mats);
       const int64_t rows = g.K * g.B * g.Ho;
       at::Tensor partial = at::empty({rows, 6}, mats.options());
+      const auto row_blocks = static_cast<unsigned int>(std::min<int64_t>(rows, 1 << 30));
       const at::Tensor gf = images.scalar_type() == at::kDouble ? grad5 : grad5.to(at::kFloat);
       AT_DISPATCH_FLOATING_TYPES_AND3(
           at::kHalf, at::kBFloat16, at::kByte, images.scalar_type(), "affine_warp_backward_cuda",
           [&] {
-            backward_matrices_kernel<scalar_t>
-                <<<static_cast<unsigned int>(rows), kRowThreads, 0, stream>>>(
-                    images.const_data_ptr<scalar_t>(), gf.const_data_ptr<acc_t<scalar_t>>(),
-                    mats.const_data_ptr<double>(), partial.mutable_data_ptr<double>(), g, opt, ep);
+            backward_matrices_kernel<scalar_t><<<row_blocks, kRowThreads, 0, stream>>>(
+                images.const_data_ptr<scalar_t>(), gf.const_data_ptr<acc_t<scalar_t>>(),
+                mats.const_data_ptr<double>(), partial.mutable_data_ptr<double>(), rows, g, opt,
+                ep);
           });
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       sums = partial.view({g.K * g.B, g.Ho, 2, 3}).sum(1);

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -51,6 +52,20 @@ __device__ RowSoftmax<T> warp_softmax(const scalar_t* x, int64_t C, T inv_t, int
     const SoftmaxStats<T> other{__shfl_xor_sync(0xffffffffu, s.max, offset),
                                 __shfl_xor_sync(0xffffffffu, s.sum, offset)};
     s = softmax_stats_merge(s, other, inv_t);
+  }
+  // NOTE: the butterfly gives every lane the same statistics only up to
+  // rounding: the merge's two products may be contracted into an FMA, and the
+  // two lanes of a pair then round differently. The callers branch on them
+  // (FixMatch's confidence test) around full-warp shuffles, which must not
+  // diverge, so every lane takes lane 0's.
+  s.max = __shfl_sync(0xffffffffu, s.max, 0);
+  s.sum = __shfl_sync(0xffffffffu, s.sum, 0);
+  // NOTE: a row with no finite logit (all -inf) leaves sum = 0, whose softmax
+  // would be exp(NaN) * inf and its top probability 1 / 0 = inf, a confident
+  // row. The CPU kernels and PyTorch form exp(-inf - (-inf)) = NaN there: the
+  // sum is NaN, and FixMatch never keeps such a row.
+  if (!(s.max > -std::numeric_limits<T>::infinity())) {
+    s.sum = std::numeric_limits<T>::quiet_NaN();
   }
   return row_softmax(s.max, s.sum, inv_t);
 }

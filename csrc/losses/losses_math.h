@@ -168,7 +168,10 @@ INVFAST_HOST_DEVICE SoftmaxStats<T> softmax_stats_merge(SoftmaxStats<T> x, Softm
                                                         T inv_t) {
   const T m = x.max > y.max ? x.max : y.max;
   if (!(m > -std::numeric_limits<T>::infinity())) {
-    return x.max > y.max ? x : y;  // both empty, or a NaN that propagates
+    // NOTE: neither part saw a finite logit, so each sum is 0, or NaN where
+    // that part saw a NaN. Adding them keeps the NaN whichever part holds it;
+    // returning one part would drop it, and on only one of two merging lanes.
+    return {m, x.sum + y.sum};
   }
   return {m, x.sum * std::exp((x.max - m) * inv_t) + y.sum * std::exp((y.max - m) * inv_t)};
 }

@@ -125,6 +125,12 @@ TEST_CASE(minus_infinity_adds_nothing_and_nan_propagates) {
   CHECK(std::isnan(nan.sum) || std::isnan(nan.max));
   const auto merged = L::softmax_stats_merge(empty, L::softmax_stats_init<double>(), 1.0);
   CHECK_EQ(merged.sum, 0.0);
+  // A part that saw only NaN (and -inf) keeps max = -inf; merged with an empty
+  // part, on either side, its NaN survives.
+  const auto only_nan = stats({std::nan(""), -kInf}, 1.0);
+  CHECK_EQ(only_nan.max, -kInf);
+  CHECK(std::isnan(L::softmax_stats_merge(only_nan, empty, 1.0).sum));
+  CHECK(std::isnan(L::softmax_stats_merge(empty, only_nan, 1.0).sum));
 }
 
 TEST_CASE(zero_probability_times_infinite_log_is_zero) {
