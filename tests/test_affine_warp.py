@@ -322,6 +322,35 @@ class TestEdgeCases:
             invfast.affine_warp(x.requires_grad_(), m, size=(5, 6), out=out)
 
     @pytest.mark.parametrize("device", DEVICES)
+    def test_out_sharing_memory_is_refused(self, device):
+        ops = torch.ops.invfast
+        big = images_like(3, 3, 8, 8, device=device)
+        x, m = big[:2], random_matrices(2, 8, 8, seed=3).to(device)
+        args = ("bilinear", "zeros", False, [0.0])
+        with pytest.raises(RuntimeError, match="out must not share memory with images"):
+            ops.affine_warp_out(x, m, *args, x)
+        with pytest.raises(RuntimeError, match="out must not share memory with images"):
+            ops.affine_warp_out(x, m, *args, big[1:])  # overlaps the second image
+        flat = torch.zeros(2 * 3 * 8 * 8 + 12, device=device)
+        mats = flat[:12].view(2, 2, 3)
+        mats.copy_(m)
+        with pytest.raises(RuntimeError, match="out must not share memory with matrices"):
+            ops.affine_warp_out(x.clone(), mats, *args, flat[6 : 6 + 384].view(2, 3, 8, 8))
+        with pytest.raises(RuntimeError, match="out must not have elements that share memory"):
+            ops.affine_warp_out(
+                x, m, *args, torch.zeros(1, 3, 8, 8, device=device).expand(2, -1, -1, -1)
+            )
+        u8 = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, device=device)
+        stats = torch.zeros(8, device=device)
+        mean, std = stats[:3], stats[3:6].fill_(1.0)
+        with pytest.raises(RuntimeError, match="out must not share memory with mean"):
+            out = torch.empty(2 * 3 * 8 * 8, device=device)
+            ops.warp_normalize_out(u8, m, out[:3], std, *args, out.view(2, 3, 8, 8))
+        out = torch.empty(2, 3, 8, 8, device=device)
+        ops.warp_normalize_out(u8, m, mean, std, *args, out)  # apart: fine
+        ops.affine_warp_out(x, m, *args, big[2:].expand(2, -1, -1, -1).clone())
+
+    @pytest.mark.parametrize("device", DEVICES)
     def test_empty_shapes(self, device):
         m = torch.eye(2, 3, device=device).expand(2, 2, 3)
         assert invfast.affine_warp(torch.rand(0, 3, 5, 5, device=device), m[:0]).shape == (

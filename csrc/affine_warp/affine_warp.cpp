@@ -1,6 +1,7 @@
 #include "affine_warp.h"
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 
 namespace invfast {
@@ -99,10 +100,29 @@ void check_out(const char* op, const at::Tensor& images, const Views& views, c10
   output_dtype(op, images, out.scalar_type());
   TORCH_CHECK(out.device() == images.device(), op, ": out must be on ", images.device(), ", got ",
               out.device());
-  // NOTE: an out that shares memory with images would be read while written.
-  TORCH_CHECK(!out.is_same(images) &&
-                  (out.numel() == 0 || images.numel() == 0 || out.data_ptr() != images.data_ptr()),
-              op, ": out must not share memory with images");
+}
+
+// NOTE: the kernels write out while they read the inputs, from many threads:
+// out may share no memory with an input (it would be read while written), and
+// no two of its elements may be one location (an expanded tensor). Layouts
+// too irregular to tell are let through, unless they start at the same byte.
+void check_out_memory(const char* op, const at::Tensor& out,
+                      std::initializer_list<std::pair<const char*, const at::Tensor*>> inputs) {
+  if (out.numel() == 0) {
+    return;
+  }
+  TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes, op,
+              ": out must not have elements that share memory (an expanded tensor?); "
+              "pass a contiguous buffer");
+  for (const auto& [name, t] : inputs) {
+    if (t == nullptr || !t->defined() || t->numel() == 0) {
+      continue;
+    }
+    const at::MemOverlapStatus status = at::get_overlap_status(out, *t);
+    TORCH_CHECK(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial &&
+                    out.data_ptr() != t->data_ptr(),
+                op, ": out must not share memory with ", name);
+  }
 }
 
 void check_normalize_args(const char* op, const at::Tensor& images, const at::Tensor& mean,
@@ -134,6 +154,8 @@ OutCall check_out_call(const char* op, const at::Tensor& images, const at::Tenso
     check_normalize_args(op, images, *mean, *std, out.scalar_type());
   }
   check_out(op, images, views, {out.size(-2), out.size(-1)}, out);
+  check_out_memory(op, out,
+                   {{"images", &images}, {"matrices", &matrices}, {"mean", mean}, {"std", std}});
   return {opt, channel_fill(op, fill, images.size(1), opt.padding)};
 }
 
