@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from . import functional, geometry
+from . import functional
+from .reference import augment as _ref_augment
 
 
 def _range(name, value, *, center=0.0, bounds=None):
@@ -37,40 +37,6 @@ def _probability(name, value):
     return float(value)
 
 
-# ---------------------------------------------------------------------------
-# Counter-based random numbers: a pure integer hash of (seed, step, sample id,
-# draw), written with int64 tensor ops that are exact on every device.
-
-_MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
-
-
-def _signed(c: int) -> int:
-    c &= _MASK64
-    return c - (1 << 64) if c >= 1 << 63 else c
-
-
-def _mix_int(z: int) -> int:
-    """splitmix64's finaliser on Python ints (host side, for int seeds and steps)."""
-    z = (z + _GOLDEN) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
-    # NOTE: >> on int64 tensors is arithmetic; the mask makes it a logical shift.
-    return (z >> s) & ((1 << (64 - s)) - 1)
-
-
-def _mix(z: torch.Tensor) -> torch.Tensor:
-    """splitmix64's finaliser on int64 tensors; products wrap modulo 2^64 on CPU and CUDA."""
-    z = z + _signed(_GOLDEN)
-    z = (z ^ _shr(z, 30)) * _signed(0xBF58476D1CE4E5B9)
-    z = (z ^ _shr(z, 27)) * _signed(0x94D049BB133111EB)
-    return z ^ _shr(z, 31)
-
-
 def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` uniform numbers in [0, 1) per sample, a pure function of (seed, step, id).
 
@@ -89,17 +55,7 @@ def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tenso
     Returns:
         Tensor[B, n], float64 with 24 random bits (exact on every device).
     """
-    ids = sample_ids.to(torch.int64)
-    if isinstance(seed, torch.Tensor) or isinstance(step, torch.Tensor):
-        seed_t = torch.as_tensor(seed, dtype=torch.int64, device=ids.device)
-        step_t = torch.as_tensor(step, dtype=torch.int64, device=ids.device)
-        key = _mix(_mix(seed_t) + step_t)
-    else:
-        key = _signed(_mix_int((_mix_int(int(seed) & _MASK64) + int(step)) & _MASK64))
-    per_sample = _mix(ids + key)
-    draws = torch.arange(n, dtype=torch.int64, device=ids.device) * _signed(_GOLDEN)
-    z = _mix(per_sample[:, None] + draws)
-    return _shr(z, 40).to(torch.float64) * (1.0 / (1 << 24))
+    return _ref_augment.counter_uniform(seed, step, sample_ids, n)
 
 
 class RandomAffine(nn.Module):
@@ -264,61 +220,20 @@ class RandomAffine(nn.Module):
         Ho, Wo = (H, W) if self.size is None else self.size
         device = images.device
         u = self._uniforms(B, device, generator, sample_ids, step)
-        f64 = dict(device=device, dtype=torch.float64)
-
-        def draw(col, rng, default):
-            if rng is None:
-                return torch.full((B,), default, **f64)
-            return rng[0] + (rng[1] - rng[0]) * u[:, col]
-
-        angle = draw(0, self.degrees, 0.0)
-        if self.angles is not None:
-            choices = torch.tensor(self.angles, **f64)
-            pick = (u[:, 1] * len(self.angles)).long().clamp_(max=len(self.angles) - 1)
-            angle = angle + choices[pick]
-        if self.translate is not None:
-            tx = (2 * u[:, 2] - 1) * (self.translate[0] * Wo)
-            ty = (2 * u[:, 3] - 1) * (self.translate[1] * Ho)
-        else:
-            tx = ty = torch.zeros(B, **f64)
-        scale = draw(4, self.scale, 1.0)
-        shear = torch.stack([draw(5, self.shear[0], 0.0), draw(6, self.shear[1], 0.0)], dim=-1)
-        matrices = geometry.affine_matrices(
-            Ho,
-            Wo,
-            angle=angle,
-            translate=torch.stack([tx, ty], dim=-1),
-            scale=scale,
-            shear=shear,
-            hflip=u[:, 7] < self.hflip,
-            vflip=u[:, 8] < self.vflip,
-        )
-        if self.crop_scale is not None:
-            crop = self._crop_matrices(u[:, 10:14], H, W, Ho, Wo)
-            matrices = geometry.compose(crop, matrices)[:, :2]
-        if self.p < 1.0:
-            identity = torch.eye(2, 3, **f64).expand_as(matrices)
-            matrices = torch.where((u[:, 9] < self.p)[:, None, None], matrices, identity)
-        return matrices.to(torch.float32)
-
-    def _crop_matrices(self, u, H, W, Ho, Wo):
-        """Maps a random crop box of the input onto the whole (Ho, Wo) output."""
-        area = (self.crop_scale[0] + (self.crop_scale[1] - self.crop_scale[0]) * u[:, 0]) * (H * W)
-        lo, hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
-        ratio = torch.exp(lo + (hi - lo) * u[:, 1])
-        w = torch.sqrt(area * ratio).clamp(max=W)
-        h = torch.sqrt(area / ratio).clamp(max=H)
-        x0 = (W - w) * u[:, 2]
-        y0 = (H - h) * u[:, 3]
-        # Output pixel centre u reads input x = x0 + (u + 0.5) w / Wo - 0.5.
-        sx, sy = Wo / w, Ho / h
-        zero = torch.zeros_like(sx)
-        return torch.stack(
-            [
-                torch.stack([sx, zero, (0.5 - x0) * sx - 0.5], dim=-1),
-                torch.stack([zero, sy, (0.5 - y0) * sy - 0.5], dim=-1),
-            ],
-            dim=-2,
+        return _ref_augment.random_affine_matrices(
+            u,
+            degrees=self.degrees,
+            angles=self.angles,
+            translate=self.translate,
+            scale=self.scale,
+            shear=self.shear,
+            hflip=self.hflip,
+            vflip=self.vflip,
+            p=self.p,
+            crop_scale=self.crop_scale,
+            crop_ratio=self.crop_ratio,
+            input_size=(H, W),
+            size=(Ho, Wo),
         )
 
     def forward(
