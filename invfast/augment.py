@@ -8,8 +8,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import functional
+from . import _ops, functional
 from .reference import augment as _ref_augment
+
+# The most angles the CUDA kernel of random_affine_matrices takes (kMaxCudaAngles).
+_MAX_CUDA_ANGLES = 64
 
 
 def _range(name, value, *, center=0.0, bounds=None):
@@ -37,14 +40,35 @@ def _probability(name, value):
     return float(value)
 
 
+# ---------------------------------------------------------------------------
+# Counter-based random numbers: a pure integer hash of (seed, step, sample id,
+# draw); invfast::counter_uniform, or reference.counter_uniform with int64
+# tensor ops. Both are exact on every device.
+
+
+def _key_operand(value, device: torch.device) -> torch.Tensor:
+    """A seed or step as the op takes it: one int64 value on the CPU or on ``device``."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype != torch.int64:
+            value = value.to(torch.int64)
+        # A CPU value is read by the launcher and a device one by the kernel;
+        # neither needs a copy, but a value on another GPU does.
+        if value.device.type != "cpu" and value.device != device:
+            value = value.to(device)
+        return value
+    # scalar_tensor is the cheapest way to a CPU scalar, and keeps every int64 exact.
+    return torch.scalar_tensor(_ref_augment.signed(int(value)), dtype=torch.int64)
+
+
 def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` uniform numbers in [0, 1) per sample, a pure function of (seed, step, id).
 
     A sample gets the same numbers whatever the batch it is in and whatever
     the device: the numbers come from integer hashing (splitmix64's mixer)
-    of the key, computed with int64 tensor ops on ``sample_ids``' device. No
-    host sync and no generator state, so it can be captured in a CUDA graph
-    (pass ``step`` as a device tensor that the loop increments in place).
+    of the key, computed on ``sample_ids``' device by one fused kernel (by
+    int64 tensor ops where there is none). No host sync and no generator
+    state, so it can be captured in a CUDA graph (pass ``step`` as a device
+    tensor that the loop increments in place).
 
     Args:
         seed (int or Tensor[]): the stream; give DDP ranks different seeds.
@@ -55,7 +79,14 @@ def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tenso
     Returns:
         Tensor[B, n], float64 with 24 random bits (exact on every device).
     """
-    return _ref_augment.counter_uniform(seed, step, sample_ids, n)
+    ids = sample_ids if sample_ids.dtype == torch.int64 else sample_ids.to(torch.int64)
+    single = all(not isinstance(v, torch.Tensor) or v.numel() == 1 for v in (seed, step))
+    unsupported = None if single else "a seed or step with more than one element"
+    if not _ops.use_kernel("counter_uniform", ids.device, unsupported):
+        return _ref_augment.counter_uniform(seed, step, ids, n)
+    return torch.ops.invfast.counter_uniform(
+        ids, _key_operand(seed, ids.device), _key_operand(step, ids.device), n
+    )
 
 
 class RandomAffine(nn.Module):
@@ -220,21 +251,45 @@ class RandomAffine(nn.Module):
         Ho, Wo = (H, W) if self.size is None else self.size
         device = images.device
         u = self._uniforms(B, device, generator, sample_ids, step)
-        return _ref_augment.random_affine_matrices(
-            u,
-            degrees=self.degrees,
-            angles=self.angles,
-            translate=self.translate,
-            scale=self.scale,
-            shear=self.shear,
-            hflip=self.hflip,
-            vflip=self.vflip,
-            p=self.p,
-            crop_scale=self.crop_scale,
-            crop_ratio=self.crop_ratio,
-            input_size=(H, W),
-            size=(Ho, Wo),
+        if not _ops.use_kernel("random_affine_matrices", device, self._unsupported(device)):
+            return _ref_augment.random_affine_matrices(
+                u,
+                degrees=self.degrees,
+                angles=self.angles,
+                translate=self.translate,
+                scale=self.scale,
+                shear=self.shear,
+                hflip=self.hflip,
+                vflip=self.vflip,
+                p=self.p,
+                crop_scale=self.crop_scale,
+                crop_ratio=self.crop_ratio,
+                input_size=(H, W),
+                size=(Ho, Wo),
+            )
+        # An absent range is passed as the one that always draws the default,
+        # which gives the same bits (see csrc/augment/augment_math.h).
+        zero = (0.0, 0.0)
+        params = [
+            *(self.degrees or zero),
+            *(self.translate or zero),
+            *(self.scale or (1.0, 1.0)),
+            *(self.shear[0] or zero),
+            *(self.shear[1] or zero),
+            self.hflip,
+            self.vflip,
+            self.p,
+        ]
+        crop = [] if self.crop_scale is None else [*self.crop_scale, *self.crop_ratio]
+        return torch.ops.invfast.random_affine_matrices(
+            u, params, list(self.angles or ()), crop, [H, W, Ho, Wo]
         )
+
+    def _unsupported(self, device: torch.device) -> str | None:
+        many = self.angles is not None and len(self.angles) > _MAX_CUDA_ANGLES
+        if device.type == "cuda" and many:
+            return f"more than {_MAX_CUDA_ANGLES} angles on CUDA"
+        return None
 
     def forward(
         self,
