@@ -71,4 +71,14 @@ TORCH_LIBRARY(invfast, m) {
   m.def(
       "fixmatch_loss(Tensor weak, Tensor strong, float threshold, float temperature, "
       "str normalize, bool compute_grad) -> (Tensor, Tensor, Tensor)");
+
+  // RandomAffine's parameter sampling. counter_uniform draws n uniforms per
+  // sample (float64, 24 random bits) from a hash of (seed, step, id); seed and
+  // step hold one int64 each, on the CPU or on the ids' device.
+  m.def("counter_uniform(Tensor sample_ids, Tensor seed, Tensor step, int n) -> Tensor");
+  // 14 uniforms per sample (any strides) to (B, 2, 3) float32 matrices; see
+  // csrc/augment/augment.h for the layout of params, crop and sizes.
+  m.def(
+      "random_affine_matrices(Tensor uniforms, float[] params, float[] angles, float[] crop, "
+      "SymInt[4] sizes) -> Tensor");
 }

@@ -309,3 +309,23 @@ if _ext is not None:
             weak.new_empty((), dtype=dtype),
             _fake_grad(weak, compute_grad),
         )
+
+
+# ---------------------------------------------------------------------------
+# Fake kernels of RandomAffine's parameter sampling.
+
+if _ext is not None:
+
+    @torch.library.register_fake("invfast::counter_uniform")
+    def _counter_uniform_fake(sample_ids, seed, step, n):
+        torch._check(sample_ids.dim() == 1, lambda: "counter_uniform: sample_ids must be (B,)")
+        torch._check(n >= 0, lambda: "counter_uniform: n must be non-negative")
+        return sample_ids.new_empty((sample_ids.shape[0], n), dtype=torch.float64)
+
+    @torch.library.register_fake("invfast::random_affine_matrices")
+    def _random_affine_matrices_fake(uniforms, params, angles, crop, sizes):
+        torch._check(
+            uniforms.dim() == 2 and uniforms.shape[1] == 14,
+            lambda: "random_affine_matrices: uniforms must be (B, 14)",
+        )
+        return uniforms.new_empty((uniforms.shape[0], 2, 3), dtype=torch.float32)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from . import functional, geometry
+from . import _ops, functional
+from .reference import augment as _ref_augment
+
+# The most angles the CUDA kernel of random_affine_matrices takes (kMaxCudaAngles).
+_MAX_CUDA_ANGLES = 64
 
 
 def _range(name, value, *, center=0.0, bounds=None):
@@ -39,36 +42,22 @@ def _probability(name, value):
 
 # ---------------------------------------------------------------------------
 # Counter-based random numbers: a pure integer hash of (seed, step, sample id,
-# draw), written with int64 tensor ops that are exact on every device.
-
-_MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
+# draw); invfast::counter_uniform, or reference.counter_uniform with int64
+# tensor ops. Both are exact on every device.
 
 
-def _signed(c: int) -> int:
-    c &= _MASK64
-    return c - (1 << 64) if c >= 1 << 63 else c
-
-
-def _mix_int(z: int) -> int:
-    """splitmix64's finaliser on Python ints (host side, for int seeds and steps)."""
-    z = (z + _GOLDEN) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
-    # NOTE: >> on int64 tensors is arithmetic; the mask makes it a logical shift.
-    return (z >> s) & ((1 << (64 - s)) - 1)
-
-
-def _mix(z: torch.Tensor) -> torch.Tensor:
-    """splitmix64's finaliser on int64 tensors; products wrap modulo 2^64 on CPU and CUDA."""
-    z = z + _signed(_GOLDEN)
-    z = (z ^ _shr(z, 30)) * _signed(0xBF58476D1CE4E5B9)
-    z = (z ^ _shr(z, 27)) * _signed(0x94D049BB133111EB)
-    return z ^ _shr(z, 31)
+def _key_operand(value, device: torch.device) -> torch.Tensor:
+    """A seed or step as the op takes it: one int64 value on the CPU or on ``device``."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype != torch.int64:
+            value = value.to(torch.int64)
+        # A CPU value is read by the launcher and a device one by the kernel;
+        # neither needs a copy, but a value on another GPU does.
+        if value.device.type != "cpu" and value.device != device:
+            value = value.to(device)
+        return value
+    # scalar_tensor is the cheapest way to a CPU scalar, and keeps every int64 exact.
+    return torch.scalar_tensor(_ref_augment.signed(int(value)), dtype=torch.int64)
 
 
 def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tensor:
@@ -76,9 +65,10 @@ def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tenso
 
     A sample gets the same numbers whatever the batch it is in and whatever
     the device: the numbers come from integer hashing (splitmix64's mixer)
-    of the key, computed with int64 tensor ops on ``sample_ids``' device. No
-    host sync and no generator state, so it can be captured in a CUDA graph
-    (pass ``step`` as a device tensor that the loop increments in place).
+    of the key, computed on ``sample_ids``' device by one fused kernel (by
+    int64 tensor ops where there is none). No host sync and no generator
+    state, so it can be captured in a CUDA graph (pass ``step`` as a device
+    tensor that the loop increments in place).
 
     Args:
         seed (int or Tensor[]): the stream; give DDP ranks different seeds.
@@ -89,17 +79,14 @@ def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tenso
     Returns:
         Tensor[B, n], float64 with 24 random bits (exact on every device).
     """
-    ids = sample_ids.to(torch.int64)
-    if isinstance(seed, torch.Tensor) or isinstance(step, torch.Tensor):
-        seed_t = torch.as_tensor(seed, dtype=torch.int64, device=ids.device)
-        step_t = torch.as_tensor(step, dtype=torch.int64, device=ids.device)
-        key = _mix(_mix(seed_t) + step_t)
-    else:
-        key = _signed(_mix_int((_mix_int(int(seed) & _MASK64) + int(step)) & _MASK64))
-    per_sample = _mix(ids + key)
-    draws = torch.arange(n, dtype=torch.int64, device=ids.device) * _signed(_GOLDEN)
-    z = _mix(per_sample[:, None] + draws)
-    return _shr(z, 40).to(torch.float64) * (1.0 / (1 << 24))
+    ids = sample_ids if sample_ids.dtype == torch.int64 else sample_ids.to(torch.int64)
+    single = all(not isinstance(v, torch.Tensor) or v.numel() == 1 for v in (seed, step))
+    unsupported = None if single else "a seed or step with more than one element"
+    if not _ops.use_kernel("counter_uniform", ids.device, unsupported):
+        return _ref_augment.counter_uniform(seed, step, ids, n)
+    return torch.ops.invfast.counter_uniform(
+        ids, _key_operand(seed, ids.device), _key_operand(step, ids.device), n
+    )
 
 
 class RandomAffine(nn.Module):
@@ -264,62 +251,45 @@ class RandomAffine(nn.Module):
         Ho, Wo = (H, W) if self.size is None else self.size
         device = images.device
         u = self._uniforms(B, device, generator, sample_ids, step)
-        f64 = dict(device=device, dtype=torch.float64)
-
-        def draw(col, rng, default):
-            if rng is None:
-                return torch.full((B,), default, **f64)
-            return rng[0] + (rng[1] - rng[0]) * u[:, col]
-
-        angle = draw(0, self.degrees, 0.0)
-        if self.angles is not None:
-            choices = torch.tensor(self.angles, **f64)
-            pick = (u[:, 1] * len(self.angles)).long().clamp_(max=len(self.angles) - 1)
-            angle = angle + choices[pick]
-        if self.translate is not None:
-            tx = (2 * u[:, 2] - 1) * (self.translate[0] * Wo)
-            ty = (2 * u[:, 3] - 1) * (self.translate[1] * Ho)
-        else:
-            tx = ty = torch.zeros(B, **f64)
-        scale = draw(4, self.scale, 1.0)
-        shear = torch.stack([draw(5, self.shear[0], 0.0), draw(6, self.shear[1], 0.0)], dim=-1)
-        matrices = geometry.affine_matrices(
-            Ho,
-            Wo,
-            angle=angle,
-            translate=torch.stack([tx, ty], dim=-1),
-            scale=scale,
-            shear=shear,
-            hflip=u[:, 7] < self.hflip,
-            vflip=u[:, 8] < self.vflip,
+        if not _ops.use_kernel("random_affine_matrices", device, self._unsupported(device)):
+            return _ref_augment.random_affine_matrices(
+                u,
+                degrees=self.degrees,
+                angles=self.angles,
+                translate=self.translate,
+                scale=self.scale,
+                shear=self.shear,
+                hflip=self.hflip,
+                vflip=self.vflip,
+                p=self.p,
+                crop_scale=self.crop_scale,
+                crop_ratio=self.crop_ratio,
+                input_size=(H, W),
+                size=(Ho, Wo),
+            )
+        # An absent range is passed as the one that always draws the default,
+        # which gives the same bits (see csrc/augment/augment_math.h).
+        zero = (0.0, 0.0)
+        params = [
+            *(self.degrees or zero),
+            *(self.translate or zero),
+            *(self.scale or (1.0, 1.0)),
+            *(self.shear[0] or zero),
+            *(self.shear[1] or zero),
+            self.hflip,
+            self.vflip,
+            self.p,
+        ]
+        crop = [] if self.crop_scale is None else [*self.crop_scale, *self.crop_ratio]
+        return torch.ops.invfast.random_affine_matrices(
+            u, params, list(self.angles or ()), crop, [H, W, Ho, Wo]
         )
-        if self.crop_scale is not None:
-            crop = self._crop_matrices(u[:, 10:14], H, W, Ho, Wo)
-            matrices = geometry.compose(crop, matrices)[:, :2]
-        if self.p < 1.0:
-            identity = torch.eye(2, 3, **f64).expand_as(matrices)
-            matrices = torch.where((u[:, 9] < self.p)[:, None, None], matrices, identity)
-        return matrices.to(torch.float32)
 
-    def _crop_matrices(self, u, H, W, Ho, Wo):
-        """Maps a random crop box of the input onto the whole (Ho, Wo) output."""
-        area = (self.crop_scale[0] + (self.crop_scale[1] - self.crop_scale[0]) * u[:, 0]) * (H * W)
-        lo, hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
-        ratio = torch.exp(lo + (hi - lo) * u[:, 1])
-        w = torch.sqrt(area * ratio).clamp(max=W)
-        h = torch.sqrt(area / ratio).clamp(max=H)
-        x0 = (W - w) * u[:, 2]
-        y0 = (H - h) * u[:, 3]
-        # Output pixel centre u reads input x = x0 + (u + 0.5) w / Wo - 0.5.
-        sx, sy = Wo / w, Ho / h
-        zero = torch.zeros_like(sx)
-        return torch.stack(
-            [
-                torch.stack([sx, zero, (0.5 - x0) * sx - 0.5], dim=-1),
-                torch.stack([zero, sy, (0.5 - y0) * sy - 0.5], dim=-1),
-            ],
-            dim=-2,
-        )
+    def _unsupported(self, device: torch.device) -> str | None:
+        many = self.angles is not None and len(self.angles) > _MAX_CUDA_ANGLES
+        if device.type == "cuda" and many:
+            return f"more than {_MAX_CUDA_ANGLES} angles on CUDA"
+        return None
 
     def forward(
         self,

@@ -1,6 +1,8 @@
 """RandomAffine's counter-based generator, fixed angles, flips and resized crops."""
 
+import contextlib
 import math
+import warnings
 
 import pytest
 import torch
@@ -167,3 +169,229 @@ class TestNewTransforms:
             invfast.RandomAffine(crop_scale=(0.5, 1.0), crop_ratio=(0.0, 1.0))
         with pytest.raises(ValueError, match="seed"):
             invfast.RandomAffine(seed=1.5)
+
+
+# ---------------------------------------------------------------------------
+# The fused sampling ops against their plain-PyTorch reference.
+
+needs_sampler = pytest.mark.skipif(
+    not _ops.has_kernel("random_affine_matrices", "cpu"), reason="compiled kernels not loaded"
+)
+
+
+@contextlib.contextmanager
+def reference_backend():
+    _ops.set_backend("reference")
+    try:
+        yield
+    finally:
+        _ops.set_backend("auto")
+
+
+# One module configuration per entry: every option on and off.
+CONFIGS = {
+    "defaults": {},
+    "no_degrees": dict(degrees=None, hflip=0.0),
+    "affine": dict(degrees=30, translate=(0.1, 0.1), scale=(0.75, 1.25), shear=10, hflip=0.5),
+    "zero_ranges": dict(degrees=0.0, translate=(0.0, 0.0), scale=(1.0, 1.0), shear=0.0),
+    "angles": dict(degrees=(-10, 45), angles=(0, 90, 180, 270), vflip=0.5),
+    "one_angle": dict(angles=(45,), hflip=1.0),
+    "many_angles": dict(angles=tuple(range(0, 360, 3)), hflip=0.0),
+    "shear4": dict(shear=(-5, 10, -20, 3), scale=(0.5, 2.0)),
+    "p": dict(degrees=90, translate=(0.2, 0.3), shear=5, vflip=0.5, p=0.3),
+    "p_zero": dict(degrees=90, p=0.0),
+    "flips": dict(hflip=1.0, vflip=1.0),
+    "crop_resize": dict(crop_scale=(0.08, 1.0), size=(16, 24)),
+    "crop_everything": dict(
+        degrees=20,
+        angles=(0, 180),
+        translate=(0.1, 0.05),
+        scale=(0.9, 1.1),
+        shear=(-3, 3, -4, 4),
+        vflip=0.5,
+        p=0.7,
+        crop_scale=(0.2, 0.9),
+        crop_ratio=(0.5, 2.0),
+        size=(11, 9),
+    ),
+    "crop_full": dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=0.0),
+    "crop_clamped": dict(crop_scale=(0.9, 1.0), crop_ratio=(0.2, 5.0)),
+}
+
+
+def assert_same_matrices(got, expected, what):
+    # float32 results of one double computation: the devices' trigonometry
+    # may differ in the last bits of double, which float32 rounding hides but
+    # for the rare value near a rounding boundary.
+    assert got.dtype == expected.dtype == torch.float32, what
+    assert got.device == expected.device, what
+    assert_close(got[..., :2], expected[..., :2], 1e-6, 1e-6, f"{what}, linear part")
+    assert_close(got[..., 2], expected[..., 2], 1e-5, 1e-6, f"{what}, translation")
+
+
+def both_paths(aug, x, **kwargs):
+    """The matrices of the kernels and of the reference, from the same uniforms."""
+    generator = kwargs.pop("generator_seed", None)
+
+    def run():
+        g = None if generator is None else torch.Generator(x.device).manual_seed(generator)
+        return aug.sample_matrices(x, generator=g, **kwargs)
+
+    got = run()
+    with reference_backend():
+        expected = run()
+    return got, expected
+
+
+@needs_sampler
+class TestFusedSampler:
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("seed", [None, 5])
+    @pytest.mark.parametrize("same_on_batch", [False, True])
+    @pytest.mark.parametrize("config", list(CONFIGS))
+    def test_matrices_match_reference(self, device, seed, same_on_batch, config):
+        kwargs = CONFIGS[config]
+        aug = invfast.RandomAffine(**kwargs, seed=seed, same_on_batch=same_on_batch)
+        for B, H, W in ((0, 13, 21), (1, 13, 21), (37, 13, 21), (300, 64, 33)):
+            x = torch.empty(B, 1, H, W, device=device)
+            with warnings.catch_warnings():
+                # More angles than the CUDA kernel takes run the reference.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                got, expected = both_paths(aug, x, generator_seed=B, step=B + 3)
+            Ho, Wo = kwargs.get("size", (H, W))
+            assert got.shape == (B, 2, 3)
+            assert_same_matrices(got, expected, f"{config}, B={B}, {H}x{W} -> {Ho}x{Wo}")
+            if same_on_batch and B > 1:
+                assert torch.equal(got, got[:1].expand_as(got))
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_sample_ids_and_tensor_step(self, device):
+        aug = invfast.RandomAffine(**CONFIGS["crop_everything"], seed=2**40 + 1)
+        x = torch.empty(50, 1, 30, 40, device=device)
+        ids = torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:50] - 300
+        for step in (0, 7, torch.tensor(7, device=device), torch.tensor(2**62)):
+            got, expected = both_paths(aug, x, sample_ids=ids.to(device), step=step)
+            assert_same_matrices(got, expected, f"step {step}")
+        # The counter path is keyed on the sample, not its place in the batch.
+        part = aug.sample_matrices(x[10:20], sample_ids=ids[10:20].to(device), step=3)
+        full = aug.sample_matrices(x, sample_ids=ids.to(device), step=3)
+        assert torch.equal(part, full[10:20])
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_counter_uniform_is_bit_identical(self, device):
+        ids = torch.tensor([0, 1, 5, 2**40, -3, 2**63 - 1, -(2**63)], device=device)
+        cases = [
+            (0, 0),
+            (7, 3),
+            (2**64 + 7, 3),  # ints are taken modulo 2^64
+            (-1, -(2**63)),
+            (torch.tensor(11), 9),
+            (11, torch.tensor(9, device=device)),
+            (torch.tensor(11, device=device), torch.tensor(9, device=device)),
+            (torch.tensor(11.0), torch.tensor([9], device=device)),
+            (torch.tensor(-(2**63)), torch.tensor(2**63 - 1)),
+        ]
+        for seed, step in cases:
+            for n in (0, 1, 14, 33):
+                got = counter_uniform(seed, step, ids, n)
+                with reference_backend():
+                    expected = counter_uniform(seed, step, ids, n)
+                assert got.shape == (7, n) and got.dtype == torch.float64
+                assert got.device == ids.device
+                assert torch.equal(got, expected), (seed, step, n)
+        # Empty batches, strided ids and other integer dtypes.
+        assert counter_uniform(1, 2, ids[:0], 14).shape == (0, 14)
+        wide = torch.arange(40, device=device)
+        assert torch.equal(counter_uniform(1, 2, wide[::3], 5), counter_uniform(1, 2, wide, 5)[::3])
+        same = counter_uniform(1, 2, wide[:1].expand(6), 5)
+        assert torch.equal(same, counter_uniform(1, 2, wide[:1], 5).expand(6, 5))
+        assert torch.equal(counter_uniform(1, 2, wide.int(), 5), counter_uniform(1, 2, wide, 5))
+
+    def test_per_sample_seeds_run_the_reference(self):
+        # A seed tensor with one value per sample is outside what the op takes.
+        ids = torch.arange(6)
+        seeds = torch.arange(6) * 1000
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            got = counter_uniform(seeds, 4, ids, 3)
+        with reference_backend():
+            assert torch.equal(got, counter_uniform(seeds, 4, ids, 3))
+        assert torch.equal(got[2], counter_uniform(2000, 4, ids[2:3], 3)[0])
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+    def test_same_bits_on_both_devices(self):
+        ids = torch.arange(-500, 500)
+        step = torch.tensor(12)
+        got = counter_uniform(3, step.cuda(), ids.cuda(), 14)
+        assert torch.equal(got.cpu(), counter_uniform(3, step, ids, 14))
+        aug = invfast.RandomAffine(**CONFIGS["crop_everything"], seed=3)
+        cpu = aug.sample_matrices(torch.empty(1000, 1, 20, 30), sample_ids=ids)
+        cuda = aug.sample_matrices(
+            torch.empty(1000, 1, 20, 30, device="cuda"), sample_ids=ids.cuda()
+        )
+        assert_same_matrices(cuda.cpu(), cpu, "CUDA against CPU")
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_opcheck(self, device):
+        ids = torch.arange(9, device=device) * 3 - 4
+        for seed, step in (
+            (torch.tensor(5), torch.tensor(2)),
+            (torch.tensor(5, device=device), torch.tensor(-2, device=device)),
+        ):
+            torch.library.opcheck(torch.ops.invfast.counter_uniform, (ids, seed, step, 14))
+        torch.library.opcheck(
+            torch.ops.invfast.counter_uniform, (ids[:0], torch.tensor(1), torch.tensor(0), 3)
+        )
+        g = torch.Generator().manual_seed(0)
+        u = torch.rand(9, 14, dtype=torch.float64, generator=g).to(device)
+        params = [-30.0, 30.0, 0.1, 0.2, 0.8, 1.2, -5.0, 5.0, 0.0, 0.0, 0.5, 0.5, 0.8]
+        for uniforms, angles, crop in (
+            (u, [], []),
+            (u, [0.0, 90.0], [0.1, 0.9, 0.75, 1.33]),
+            (u[:1].expand(9, 14), [45.0], []),
+            (u[:0], [], [0.5, 1.0, 1.0, 1.0]),
+        ):
+            torch.library.opcheck(
+                torch.ops.invfast.random_affine_matrices,
+                (uniforms, params, angles, crop, [17, 20, 12, 10]),
+            )
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_op_errors_name_the_argument(self, device):
+        op = torch.ops.invfast
+        ids = torch.arange(4, device=device)
+        seed, step = torch.tensor(1), torch.tensor(2)
+        bad_counter = [
+            ((ids.double(), seed, step, 3), "sample_ids must be int64"),
+            ((ids.view(2, 2), seed, step, 3), r"sample_ids must be \(B,\), got shape \[2, 2\]"),
+            ((ids, torch.tensor([1, 2]), step, 3), "seed must hold a single value"),
+            ((ids, seed, torch.tensor(2.0), 3), "step must be int64, got Float"),
+            ((ids, seed, step, -1), "n must be non-negative, got -1"),
+        ]
+        for args, message in bad_counter:
+            with pytest.raises(RuntimeError, match=f"counter_uniform: {message}"):
+                op.counter_uniform(*args)
+        u = torch.rand(4, 14, dtype=torch.float64, device=device)
+        params = [0.0] * 13
+        sizes = [8, 8, 8, 8]
+        bad_matrices = [
+            ((u.float(), params, [], [], sizes), "uniforms must be float64, got Float"),
+            (
+                (u[:, :13], params, [], [], sizes),
+                r"uniforms must be \(B, 14\), got shape \[4, 13\]",
+            ),
+            ((u, params[:12], [], [], sizes), "params must hold 13 values"),
+            ((u, params, [], [0.5, 1.0, 1.0], sizes), "crop must be empty or hold"),
+            ((u, params, [], [], [8, 8, -1, 8]), "sizes must be four non-negative integers"),
+        ]
+        for args, message in bad_matrices:
+            with pytest.raises(RuntimeError, match=f"random_affine_matrices: {message}"):
+                op.random_affine_matrices(*args)
+
+    @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+    def test_cuda_key_on_another_device_is_refused(self):
+        ids = torch.arange(4, device="cuda")
+        with pytest.raises(RuntimeError, match="seed must be on the CPU or on sample_ids' device"):
+            torch.ops.invfast.counter_uniform(
+                ids.cpu(), torch.tensor(1, device="cuda"), torch.tensor(2), 3
+            )

@@ -172,3 +172,33 @@ def test_autocast_bf16_compiled_matches_eager():
         torch.compile(amp_step, backend="aot_eager", fullgraph=True), model, images, labels
     )
     assert_same_step(eager, compiled, atol=1e-2, rtol=1e-2)
+
+
+# The counter-seeded sampler: its ops trace into the graph with the key as a
+# constant (an int step) or as a graph input (a tensor step).
+
+
+def seeded_views(images, step):
+    aug = invfast.RandomAffine(
+        degrees=30, angles=(0, 180), translate=(0.1, 0.1), shear=(-5, 5, -5, 5), p=0.8, seed=3
+    )
+    crop = invfast.RandomAffine(crop_scale=(0.3, 1.0), size=(12, 10), vflip=0.5, seed=4)
+    views, matrices = aug(images, return_matrices=True, step=step)
+    return views, matrices, crop.sample_matrices(images, step=step)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("tensor_step", [False, True])
+def test_seeded_sampler_traces_and_matches_eager(backend, tensor_step):
+    images, _ = batch()
+    step = torch.tensor(7) if tensor_step else 7
+    _ops.set_backend(backend)
+    try:
+        explanation = torch._dynamo.explain(seeded_views)(images, step)
+        compiled = torch.compile(seeded_views, backend="aot_eager", fullgraph=True)(images, step)
+        eager = seeded_views(images, step)
+    finally:
+        _ops.set_backend("auto")
+    assert explanation.graph_break_count == 0, [r.reason for r in explanation.break_reasons]
+    for what, a, b in zip(("views", "matrices", "crop matrices"), eager, compiled):
+        assert torch.equal(a, b), what

@@ -42,7 +42,25 @@ def cases(device: str, quick: bool) -> list[Case]:
     aug = RandomAffine(**PARAMS, hflip=0.5)
 
     def ref_step(images):
-        return reference.affine_warp(images, aug.sample_matrices(images))
+        # The plain-PyTorch chain end to end: the reference draws the matrices too.
+        B, _, H, W = images.shape
+        u = torch.rand(B, 14, device=images.device, dtype=torch.float64)
+        matrices = reference.random_affine_matrices(
+            u,
+            degrees=aug.degrees,
+            angles=aug.angles,
+            translate=aug.translate,
+            scale=aug.scale,
+            shear=aug.shear,
+            hflip=aug.hflip,
+            vflip=aug.vflip,
+            p=aug.p,
+            crop_scale=aug.crop_scale,
+            crop_ratio=aug.crop_ratio,
+            input_size=(H, W),
+            size=(H, W),
+        )
+        return reference.affine_warp(images, matrices)
 
     for B, side in QUICK_SHAPES if quick else SHAPES:
         images = torch.rand(B, 3, side, side, generator=torch.Generator().manual_seed(0))

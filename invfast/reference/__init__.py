@@ -6,7 +6,9 @@ follow the same conventions (see ``invfast.affine_warp``) and are written for
 clarity, not speed.
 """
 
+from . import augment as augment
 from . import losses as losses
+from .augment import counter_uniform, random_affine_matrices
 from .warp import affine_warp, warp_normalize
 
-__all__ = ["affine_warp", "warp_normalize"]
+__all__ = ["affine_warp", "counter_uniform", "random_affine_matrices", "warp_normalize"]
