@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from . import _ops, reference
 from .augment import RandomAffine
+from .bench import runner
+from .bench.augment import reference_step
 
 # Colour photographs stored in scikit-image's package data (nothing is downloaded).
 PHOTOS = (
@@ -58,15 +60,6 @@ def make_batch(batch: int, size: int, seed: int = 0) -> torch.Tensor:
         crop = img[None, :, y : y + side, x : x + side]
         crops.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True))
     return torch.cat(crops).clamp_(0, 1).contiguous()
-
-
-def median_seconds(fn, min_time: float) -> float:
-    from torch.utils import benchmark
-
-    fn()  # warm-up
-    # Timer runs on one thread unless told otherwise.
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_time).median
 
 
 def save_grid(path: str, rows: list[torch.Tensor], labels: list[str]) -> None:
@@ -116,9 +109,7 @@ def run(args: argparse.Namespace) -> dict:
 
     providers = {
         "invfast RandomAffine (fused kernel)": lambda: aug(images),
-        "reference (affine_grid + grid_sample)": lambda: reference.affine_warp(
-            images, aug.sample_matrices(images)
-        ),
+        "reference (affine_grid + grid_sample)": lambda: reference_step(aug, images),
     }
     try:
         import kornia.augmentation as K
@@ -131,10 +122,14 @@ def run(args: argparse.Namespace) -> dict:
     except ImportError:
         print("kornia is not installed; its row is left out")
 
-    times = {}
+    # The providers take turns, so that a drift of the machine's speed slows them alike.
     with torch.no_grad():
-        for name, fn in providers.items():
-            times[name] = median_seconds(fn, args.min_time)
+        timed = runner.time_providers(list(providers.values()), "cpu", args.min_time)
+    times = {}
+    for name, t in zip(providers, timed):
+        if isinstance(t, BaseException):
+            raise t
+        times[name] = float(torch.tensor(t).median())
     fused = times["invfast RandomAffine (fused kernel)"]
     print()
     print(f"| provider (B={args.batch}, 3x{args.size}x{args.size}) | ms | images/s | invfast is |")

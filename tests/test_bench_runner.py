@@ -82,3 +82,16 @@ def test_run_writes_table_json_lines_and_chart(tmp_path, capsys):
     assert all(r.p20_ms <= r.median_ms <= r.p80_ms and r.per_s > 0 for r in good)
     assert lines[2]["error"].startswith("RuntimeError")
     assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_reference_step_draws_and_warps_as_random_affine():
+    from invfast.augment import RandomAffine
+    from invfast.bench import augment
+
+    aug = RandomAffine(**augment.PARAMS, hflip=0.5, size=(20, 18), padding_mode="border")
+    x = torch.rand(5, 3, 16, 24)
+    torch.manual_seed(3)
+    expected = aug(x)
+    torch.manual_seed(3)
+    got = augment.reference_step(aug, x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

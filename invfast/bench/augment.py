@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import reference
@@ -37,30 +39,39 @@ def peers(images: torch.Tensor) -> list[Provider]:
     return out
 
 
+def reference_step(aug: RandomAffine, images: torch.Tensor) -> torch.Tensor:
+    """The plain-PyTorch chain end to end: the reference draws the matrices too."""
+    B, _, H, W = images.shape
+    u = torch.rand(B, RandomAffine._DRAWS, device=images.device, dtype=torch.float64)
+    matrices = reference.random_affine_matrices(
+        u,
+        degrees=aug.degrees,
+        angles=aug.angles,
+        translate=aug.translate,
+        scale=aug.scale,
+        shear=aug.shear,
+        hflip=aug.hflip,
+        vflip=aug.vflip,
+        p=aug.p,
+        crop_scale=aug.crop_scale,
+        crop_ratio=aug.crop_ratio,
+        input_size=(H, W),
+        size=aug.size or (H, W),
+    )
+    return reference.affine_warp(
+        images,
+        matrices,
+        mode=aug.mode,
+        padding_mode=aug.padding_mode,
+        align_corners=aug.align_corners,
+        fill=aug.fill,
+        size=aug.size,
+    )
+
+
 def cases(device: str, quick: bool) -> list[Case]:
     out = []
     aug = RandomAffine(**PARAMS, hflip=0.5)
-
-    def ref_step(images):
-        # The plain-PyTorch chain end to end: the reference draws the matrices too.
-        B, _, H, W = images.shape
-        u = torch.rand(B, 14, device=images.device, dtype=torch.float64)
-        matrices = reference.random_affine_matrices(
-            u,
-            degrees=aug.degrees,
-            angles=aug.angles,
-            translate=aug.translate,
-            scale=aug.scale,
-            shear=aug.shear,
-            hflip=aug.hflip,
-            vflip=aug.vflip,
-            p=aug.p,
-            crop_scale=aug.crop_scale,
-            crop_ratio=aug.crop_ratio,
-            input_size=(H, W),
-            size=(H, W),
-        )
-        return reference.affine_warp(images, matrices)
 
     for B, side in QUICK_SHAPES if quick else SHAPES:
         images = torch.rand(B, 3, side, side, generator=torch.Generator().manual_seed(0))
@@ -69,11 +80,14 @@ def cases(device: str, quick: bool) -> list[Case]:
         providers = [
             Provider("invfast RandomAffine", lambda i=images: aug(i)),
             Provider("invfast RandomAffine, out=", lambda i=images, b=buf: aug(i, out=b)),
-            Provider("reference (affine_grid + grid_sample)", lambda i=images: ref_step(i)),
+            Provider(
+                "reference (affine_grid + grid_sample)",
+                functools.partial(reference_step, aug, images),
+            ),
             *peers(images),
         ]
         if not quick:
-            compiled = torch.compile(ref_step, dynamic=False)
+            compiled = torch.compile(functools.partial(reference_step, aug), dynamic=False)
             providers.append(
                 Provider("torch.compile(reference)", lambda i=images, f=compiled: f(i))
             )
