@@ -351,6 +351,41 @@ class TestEdgeCases:
         ops.affine_warp_out(x, m, *args, big[2:].expand(2, -1, -1, -1).clone())
 
     @pytest.mark.parametrize("device", DEVICES)
+    def test_out_sharing_memory_in_strided_layouts_is_refused(self, device):
+        # Slices that are not dense, where ATen's overlap test gives up.
+        ops = torch.ops.invfast
+        big = images_like(2, 3, 9, 8, device=device)
+        x, m = big[:, :, :8], random_matrices(2, 8, 8, seed=3).to(device)
+        args = ("bilinear", "zeros", False, [0.0])
+        with pytest.raises(RuntimeError, match="out must not share memory with images"):
+            invfast.affine_warp(x, m, out=big[:, :, 1:])  # one row down
+        with pytest.raises(RuntimeError, match="out must not share memory with images"):
+            invfast.RandomAffine(30, seed=0)(x, out=big[:, :, 1:])
+        u8 = torch.randint(0, 256, (2, 3, 9, 8), dtype=torch.uint8, device=device)
+        std = torch.ones(3, device=device)
+        with pytest.raises(RuntimeError, match="out must not share memory with mean"):
+            out = torch.zeros(2, 3, 8, 9, device=device)
+            ops.warp_normalize_out(u8[:, :, :8], m, out[0, :, 0, 1], std, *args, out[..., 1:])
+        # An out whose strides make two elements one location.
+        flat = torch.zeros(400, device=device)
+        with pytest.raises(RuntimeError, match="out must not have elements that share memory"):
+            ops.affine_warp_out(x, m, *args, flat.as_strided((2, 3, 8, 8), (192, 64, 8, 2)))
+        # Strided buffers that share no memory with the inputs still work.
+        wide = torch.full((2, 3, 8, 16), float("nan"), device=device)
+        expected = invfast.affine_warp(x, m)
+        # (A strided output takes the scalar path, which rounds apart.)
+        for out in (wide[..., ::2], wide[..., 8:]):
+            assert_close(invfast.affine_warp(x, m, out=out), expected, 1e-5, 1e-5, "strided out")
+
+    def test_out_on_memory_that_two_storages_share_is_refused(self):
+        np = pytest.importorskip("numpy")
+        base = np.random.default_rng(0).random(2 * 3 * 8 * 8 + 5).astype(np.float32)
+        x = torch.from_numpy(base[: 2 * 3 * 8 * 8].reshape(2, 3, 8, 8))
+        out = torch.from_numpy(base[3 : 3 + 2 * 3 * 8 * 8].reshape(2, 3, 8, 8))
+        with pytest.raises(RuntimeError, match="out must not share memory with images"):
+            invfast.affine_warp(x, random_matrices(2, 8, 8, seed=3), out=out)
+
+    @pytest.mark.parametrize("device", DEVICES)
     def test_empty_shapes(self, device):
         m = torch.eye(2, 3, device=device).expand(2, 2, 3)
         assert invfast.affine_warp(torch.rand(0, 3, 5, 5, device=device), m[:0]).shape == (

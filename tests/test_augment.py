@@ -307,6 +307,27 @@ class TestFusedSampler:
         assert torch.equal(same, counter_uniform(1, 2, wide[:1], 5).expand(6, 5))
         assert torch.equal(counter_uniform(1, 2, wide.int(), 5), counter_uniform(1, 2, wide, 5))
 
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_ints_past_int64_with_a_tensor_key(self, device):
+        # An int seed or step is taken modulo 2^64 also when the other one is a tensor.
+        ids = torch.tensor([0, 3, -7, 2**40], device=device)
+        for seed, step in (
+            (2**63, torch.tensor(3)),
+            (2**64 - 1, torch.tensor(-5, device=device)),
+            (-(2**70) + 9, torch.tensor(0)),
+            (torch.tensor(4), 2**64 + 12),
+        ):
+            got = counter_uniform(seed, step, ids, 14)
+            with reference_backend():
+                expected = counter_uniform(seed, step, ids, 14)
+            assert torch.equal(got, expected), (seed, step)
+            ints = [v.item() if isinstance(v, torch.Tensor) else v for v in (seed, step)]
+            assert torch.equal(got, counter_uniform(*ints, ids, 14)), (seed, step)
+        aug = invfast.RandomAffine(30, translate=(0.1, 0.1), seed=2**64 - 1)
+        x = torch.empty(5, 1, 8, 8, device=device)
+        got, expected = both_paths(aug, x, step=torch.tensor(2, device=device))
+        assert_same_matrices(got, expected, "seed 2^64 - 1, tensor step")
+
     def test_per_sample_seeds_run_the_reference(self):
         # A seed tensor with one value per sample is outside what the op takes.
         ids = torch.arange(6)

@@ -325,6 +325,42 @@ class TestSavedGradients:
         for x, g in zip((a, b), first):
             assert_close(x.grad, g, 0, 0, "backward after grad")
 
+    @pytest.mark.parametrize("weight", [None, 3.0])
+    @pytest.mark.parametrize("name", ["kl", "js", "fixmatch"])
+    def test_buffers_of_saved_tensor_hooks_are_not_handed_on(self, name, weight):
+        # A pack hook that copies into buffers of its own (an activation pool)
+        # and an unpack hook that hands them back: backward must neither
+        # scale those buffers nor return them as gradients.
+        a = logits((6, 9), "cpu", torch.float32, 1)
+        b = logits((6, 9), "cpu", torch.float32, 2)
+        pool, snapshots = [], []
+
+        def pack(t):
+            if t.shape != a.shape:
+                return t
+            pool.append(t.detach().clone())
+            snapshots.append(t.detach().clone())
+            return pool[-1]
+
+        def run(lib, hooks):
+            x = a.detach().requires_grad_()
+            with torch.autograd.graph.saved_tensors_hooks(*hooks):
+                if name == "kl":
+                    loss = lib.kl_consistency(x, b)
+                elif name == "js":
+                    loss = lib.js_consistency(x, b)
+                else:
+                    loss = lib.fixmatch_loss(b * 3, x, threshold=0.0)[0]
+            (grad,) = torch.autograd.grad(loss if weight is None else weight * loss, x)
+            return grad
+
+        expected = run(L, (lambda t: t, lambda t: t))
+        grad = run(L, (pack, lambda t: t))
+        assert pool and all(grad.data_ptr() != p.data_ptr() for p in pool)
+        assert all(torch.equal(p, k) for p, k in zip(pool, snapshots))
+        assert torch.equal(grad, expected)
+        assert_close(grad, run(R, (lambda t: t, lambda t: t)), 1e-6, 1e-6, name)
+
 
 class TestExtremes:
     @pytest.mark.parametrize("device", DEVICES)

@@ -4,6 +4,11 @@
 #include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
 namespace invfast {
 namespace warp {
 
@@ -102,26 +107,71 @@ void check_out(const char* op, const at::Tensor& images, const Views& views, c10
               out.device());
 }
 
+namespace {
+
+// The bytes from a non-empty tensor's first element to the end of its last one.
+std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& t) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    last += (t.size(d) - 1) * t.stride(d);
+  }
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  return {begin, begin + static_cast<uintptr_t>((last + 1) * t.element_size())};
+}
+
+// Whether a strided layout is sure to give every element its own location:
+// with the dims sorted by stride, each stride passes the farthest element
+// that the smaller ones reach.
+bool surely_distinct(const at::Tensor& t) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size)
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1) {
+      dims.emplace_back(t.stride(d), t.size(d));
+    }
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t reach = 0;
+  for (const auto& [stride, size] : dims) {
+    if (stride <= reach) {
+      return false;
+    }
+    reach += stride * (size - 1);
+  }
+  return true;
+}
+
+}  // namespace
+
 // NOTE: the kernels write out while they read the inputs, from many threads:
 // out may share no memory with an input (it would be read while written), and
-// no two of its elements may be one location (an expanded tensor). Layouts
-// too irregular to tell are let through, unless they start at the same byte.
+// no two of its elements may be one location (an expanded tensor). Where
+// ATen cannot tell (layouts that are not dense, or memory that two storages
+// share, as views of one NumPy array do), out is refused if the spans of
+// memory it and an input cover meet, or if its strides could overlap.
 void check_out_memory(const char* op, const at::Tensor& out,
                       std::initializer_list<std::pair<const char*, const at::Tensor*>> inputs) {
   if (out.numel() == 0) {
     return;
   }
-  TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes, op,
+  const at::MemOverlap internal = at::has_internal_overlap(out);
+  TORCH_CHECK(internal == at::MemOverlap::No ||
+                  (internal == at::MemOverlap::TooHard && surely_distinct(out)),
+              op,
               ": out must not have elements that share memory (an expanded tensor?); "
               "pass a contiguous buffer");
+  const auto [out_begin, out_end] = byte_span(out);
   for (const auto& [name, t] : inputs) {
     if (t == nullptr || !t->defined() || t->numel() == 0) {
       continue;
     }
     const at::MemOverlapStatus status = at::get_overlap_status(out, *t);
-    TORCH_CHECK(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial &&
-                    out.data_ptr() != t->data_ptr(),
-                op, ": out must not share memory with ", name);
+    bool shared = status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial;
+    if (!shared &&
+        (status == at::MemOverlapStatus::TooHard || !out.storage().is_alias_of(t->storage()))) {
+      const auto [begin, end] = byte_span(*t);
+      shared = begin < out_end && out_begin < end;
+    }
+    TORCH_CHECK(!shared, op, ": out must not share memory with ", name);
   }
 }
 

@@ -10,6 +10,7 @@
 // (torch.library.register_autograd): on CPU-sized batches the Python
 // plumbing of a call and its backward cost as much as the kernel itself.
 #include <ATen/ATen.h>
+#include <ATen/SavedTensorHooks.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/autograd.h>
@@ -39,12 +40,14 @@ at::Tensor shared(const at::Tensor& saved) { return saved.variable_data(); }
 // NOTE: only when nothing can see the buffer again: the graph is not retained
 // (retain_graph=True would let a second backward read it); the op's caller
 // no longer holds the tensor forward returned on the same memory
-// (invfast.losses drops it at once); and the tensor is a plain one with no
-// mode active (under torch.compile's tracing, tensors are fakes or
-// functional wrappers, and the traced graph should hold the out-of-place
+// (invfast.losses drops it at once); no saved-tensor hooks were active in
+// forward (`hooked`: what their unpack hook hands back may be a buffer of
+// theirs, an activation pool's, that they reuse); and the tensor is a plain
+// one with no mode active (under torch.compile's tracing, tensors are fakes
+// or functional wrappers, and the traced graph should hold the out-of-place
 // product).
-bool scale_in_place(const at::Tensor& saved) {
-  if (torch::autograd::get_current_graph_task_keep_graph() ||
+bool scale_in_place(const at::Tensor& saved, bool hooked) {
+  if (hooked || torch::autograd::get_current_graph_task_keep_graph() ||
       c10::impl::TorchDispatchModeTLS::any_modes_set()) {
     return false;
   }
@@ -57,9 +60,9 @@ bool scale_in_place(const at::Tensor& saved) {
 }
 
 // The saved d(loss)/d(input) times the upstream gradient (0-dim, or one value per row).
-at::Tensor scale_saved(const at::Tensor& saved, const at::Tensor& grad, bool per_row) {
+at::Tensor scale_saved(const at::Tensor& saved, const at::Tensor& grad, bool per_row, bool hooked) {
   const at::Tensor g = per_row ? grad.unsqueeze(1) : grad;
-  if (scale_in_place(saved)) {
+  if (scale_in_place(saved, hooked)) {
     // NOTE: x * 1 is x exactly, so a loss whose upstream gradient is 1 (it
     // was backward()'s root, or a term of a plain sum) hands its buffer on
     // untouched. Only a 0-dim CPU gradient is looked at: reading one on a
@@ -70,6 +73,12 @@ at::Tensor scale_saved(const at::Tensor& saved, const at::Tensor& grad, bool per
     return saved.mul_(g);
   }
   return saved * g.to(saved.scalar_type());
+}
+
+// Whether saved-tensor hooks are active, so that they, not autograd, keep
+// what forward saves. Read in forward and kept for backward.
+bool saved_tensor_hooks_active() {
+  return at::SavedTensorDefaultHooks::get_hooks(/*ignore_is_tracing=*/true).has_value();
 }
 
 void check_wanted(bool wanted, const char* op, const char* name, const char* flag) {
@@ -121,6 +130,7 @@ struct PairFunction : public torch::autograd::Function<PairFunction> {
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({ga, gb});
     ctx->saved_data["kind"] = static_cast<int64_t>(kind);
+    ctx->saved_data["hooked"] = saved_tensor_hooks_active();
     ctx->saved_data["per_row"] = reduction == "none";
     ctx->saved_data["grad_a"] = grad_a;
     ctx->saved_data["grad_b"] = grad_b;
@@ -145,7 +155,7 @@ struct PairFunction : public torch::autograd::Function<PairFunction> {
     for (int i = 0; i < 2; ++i) {
       if (ctx->needs_input_grad(i)) {
         check_wanted(wanted[i], op, names[i], flags[i]);
-        out[i] = scale_saved(saved[i], grad, per_row);
+        out[i] = scale_saved(saved[i], grad, per_row, ctx->saved_data["hooked"].toBool());
       }
     }
     return out;
@@ -191,6 +201,7 @@ struct JsFunction : public torch::autograd::Function<JsFunction> {
     ctx->set_materialize_grads(false);
     ctx->save_for_backward(grads);
     ctx->saved_data["views"] = static_cast<int64_t>(logits.size());
+    ctx->saved_data["hooked"] = saved_tensor_hooks_active();
     ctx->saved_data["per_row"] = reduction == "none";
     ctx->saved_data["compute_grad"] = compute_grad;
     return out;
@@ -210,7 +221,7 @@ struct JsFunction : public torch::autograd::Function<JsFunction> {
     const bool per_row = ctx->saved_data["per_row"].toBool();
     for (int64_t k = 0; k < K; ++k) {
       if (ctx->needs_input_grad(k)) {
-        out[k] = scale_saved(saved[k], grad, per_row);
+        out[k] = scale_saved(saved[k], grad, per_row, ctx->saved_data["hooked"].toBool());
       }
     }
     return out;
@@ -261,6 +272,7 @@ struct FixMatchFunction : public torch::autograd::Function<FixMatchFunction> {
     // The number of rows, symbolic under torch.compile's dynamic shapes.
     ctx->saved_data["rows"] = (weak.sym_numel() / weak.sym_size(1)).max(1);
     ctx->saved_data["by_kept"] = normalize == "kept";
+    ctx->saved_data["hooked"] = saved_tensor_hooks_active();
     ctx->saved_data["compute_grad"] = compute_grad;
     return {loss, kept, out_grad};
   }
@@ -282,7 +294,7 @@ struct FixMatchFunction : public torch::autograd::Function<FixMatchFunction> {
     } else {
       scale = grad / rows;
     }
-    out[1] = scale_saved(saved[0], scale, false);
+    out[1] = scale_saved(saved[0], scale, false, ctx->saved_data["hooked"].toBool());
     return out;
   }
 };

@@ -49,6 +49,13 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shr(z, 31)
 
 
+def _key_tensor(value, device: torch.device) -> torch.Tensor:
+    """A seed or step as an int64 tensor; an int is taken modulo 2^64, as the op takes it."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.int64)
+    return torch.tensor(signed(int(value)), dtype=torch.int64, device=device)
+
+
 def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` uniform numbers in [0, 1) per sample, a pure function of (seed, step, id).
 
@@ -65,8 +72,7 @@ def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tenso
     """
     ids = sample_ids.to(torch.int64)
     if isinstance(seed, torch.Tensor) or isinstance(step, torch.Tensor):
-        seed_t = torch.as_tensor(seed, dtype=torch.int64, device=ids.device)
-        step_t = torch.as_tensor(step, dtype=torch.int64, device=ids.device)
+        seed_t, step_t = (_key_tensor(v, ids.device) for v in (seed, step))
         key = _mix(_mix(seed_t) + step_t)
     else:
         key = signed(mix_int((mix_int(int(seed) & MASK64) + int(step)) & MASK64))
