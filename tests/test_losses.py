@@ -311,6 +311,23 @@ class TestSavedGradients:
             assert_close(gw, 0.5 * g1, 0, 0, f"{name} weighted")
             assert_close(g1, gr, 1e-6, 1e-6, f"{name} vs reference")
 
+    @pytest.mark.parametrize("name", ["kl_consistency", "mse_consistency", "symmetric_kl", "js"])
+    def test_second_derivative_raises(self, name):
+        a = logits((4, 7), "cpu", torch.float32, 1).requires_grad_()
+        b = logits((4, 7), "cpu", torch.float32, 2).requires_grad_()
+        f = L.js_consistency if name == "js" else getattr(L, name)
+        kw = {"detach_teacher": False} if name.endswith("consistency") else {}
+        loss = f(a, b, **kw)
+        # First order under create_graph still gives the gradient...
+        (ga,) = torch.autograd.grad(loss, a, create_graph=True)
+        r_loss = (R.js_consistency if name == "js" else getattr(R, name))(a, b, **kw)
+        assert_close(ga, torch.autograd.grad(r_loss, a)[0], 1e-6, 1e-6, name)
+        # ... and differentiating it again says so instead of returning zeros.
+        with pytest.raises(RuntimeError, match="has no second derivative"):
+            ga.square().sum().backward()
+        (gb,) = torch.autograd.grad(f(a, b, **kw), b, create_graph=False)
+        assert not gb.requires_grad
+
     @pytest.mark.parametrize("reduction", ["none", "sum"])
     def test_retained_graph(self, reduction):
         a = logits((5, 7), "cpu", torch.float32, 1).requires_grad_()

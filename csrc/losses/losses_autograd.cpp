@@ -14,6 +14,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
@@ -73,6 +74,39 @@ at::Tensor scale_saved(const at::Tensor& saved, const at::Tensor& grad, bool per
     return saved.mul_(g);
   }
   return saved * g.to(saved.scalar_type());
+}
+
+// The gradients backward returns, as they may leave it.
+// NOTE: the formulas here are first derivatives only. Under create_graph
+// (a gradient penalty, an inner optimisation loop) the gradients pass
+// through a node that raises if anything differentiates them again, rather
+// than leaving them as constants whose second-order terms would silently be
+// zero; first-order uses of create_graph work as before.
+variable_list first_order_only(const char* op, variable_list out) {
+  if (!at::GradMode::is_enabled()) {
+    return out;
+  }
+  variable_list defined;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (out[i].defined()) {
+      defined.push_back(out[i].detach().requires_grad_());
+      where.push_back(i);
+    }
+  }
+  if (defined.empty()) {
+    return out;
+  }
+  torch::autograd::DelayedError error(
+      std::string("invfast::") + op +
+          " has no second derivative; differentiate the plain-PyTorch version in "
+          "invfast.reference instead",
+      static_cast<int64_t>(defined.size()));
+  variable_list wrapped = error.apply(std::move(defined));
+  for (size_t k = 0; k < where.size(); ++k) {
+    out[where[k]] = wrapped[k];
+  }
+  return out;
 }
 
 // Whether saved-tensor hooks are active, so that they, not autograd, keep
@@ -158,7 +192,7 @@ struct PairFunction : public torch::autograd::Function<PairFunction> {
         out[i] = scale_saved(saved[i], grad, per_row, ctx->saved_data["hooked"].toBool());
       }
     }
-    return out;
+    return first_order_only(op, std::move(out));
   }
 };
 
@@ -224,7 +258,7 @@ struct JsFunction : public torch::autograd::Function<JsFunction> {
         out[k] = scale_saved(saved[k], grad, per_row, ctx->saved_data["hooked"].toBool());
       }
     }
-    return out;
+    return first_order_only("js_consistency", std::move(out));
   }
 };
 
@@ -295,7 +329,7 @@ struct FixMatchFunction : public torch::autograd::Function<FixMatchFunction> {
       scale = grad / rows;
     }
     out[1] = scale_saved(saved[0], scale, false, ctx->saved_data["hooked"].toBool());
-    return out;
+    return first_order_only("fixmatch_loss", std::move(out));
   }
 };
 
