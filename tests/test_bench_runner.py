@@ -55,6 +55,7 @@ def test_cpu_peak_memory_counts_what_a_call_allocates():
     # x * 2 and (x * 2) + 1 are alive together: two 8 MiB temporaries.
     assert 16 <= fresh < 17
     assert reused < 0.1
+    assert runner.peak_memory_mib(lambda: None, "cpu") == 0.0
     # The running total of earlier profiles does not leak into a later one.
     assert runner.peak_memory_mib(lambda: (x * 2 + 1).sum(), "cpu") == pytest.approx(fresh)
 
@@ -76,6 +77,9 @@ def test_run_writes_table_json_lines_and_chart(tmp_path, capsys):
     assert "| provider | median ms | p20-p80 ms | rows/s |" in table
     assert "| invfast-like is |" in table
     assert "| broken peer | failed: RuntimeError" in table
+    # Every row of the table has as many cells as its header.
+    body = [line for line in table.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in body}) == 1
     lines = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
     assert [r["provider"] for r in lines] == ["invfast-like", "peer", "broken peer"]
     good = [r for r in results if r.error is None]

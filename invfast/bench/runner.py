@@ -157,7 +157,6 @@ def peak_memory_mib(fn: Callable[[], object], device: str) -> float | None:
     profiler's memory events, which follow every allocation of PyTorch's CPU
     allocator; memory that a library allocates behind PyTorch's back (a
     peer's own buffers, a compiled kernel's scratch from malloc) is not seen.
-    None when the profiler gives no memory events.
     """
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -177,7 +176,7 @@ def peak_memory_mib(fn: Callable[[], object], device: str) -> float | None:
             events = json.load(f).get("traceEvents", [])
     memory = [e["args"] for e in events if e.get("name") == "[memory]" and "Bytes" in e["args"]]
     if not memory:
-        return None
+        return 0.0  # the allocator reports every allocation while profiling: there was none
     # NOTE: the running total carries over from earlier profiles (a block
     # freed while no profile runs is never subtracted), so the baseline is the
     # total just before this call's first event.
@@ -268,6 +267,10 @@ def markdown(results: list[Result]) -> str:
     The ratios say how many times faster that provider is than each row; the
     first provider always gets a column.
     """
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
     out = []
     cases: dict[tuple[str, str, str], list[Result]] = {}
     for r in results:
@@ -275,26 +278,20 @@ def markdown(results: list[Result]) -> str:
     for (family, case, device), rows in cases.items():
         ours = [r for r in rows if r is rows[0] or r.provider.startswith("invfast")]
         ours = [r for r in ours if not r.error]
+        head = ["provider", "median ms", "p20-p80 ms", f"{rows[0].unit}/s", "GB/s", "of copy"]
+        head += ["peak MiB"] + [f"{o.provider} is" for o in ours]
         out.append(f"\n**{family}: {case}** ({device})\n")
-        out.append(
-            f"| provider | median ms | p20-p80 ms | {rows[0].unit}/s | GB/s | of copy "
-            "| peak MiB | " + " | ".join(f"{o.provider} is" for o in ours) + " |"
-        )
-        out.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + " ---: |" * len(ours))
+        out.append(line(head))
+        out.append(line(["---"] + ["---:"] * (len(head) - 1)))
         for r in rows:
             if r.error:
-                out.append(
-                    f"| {r.provider} | failed: {r.error[:60]} | | | | | |" + " |" * len(ours)
-                )
+                out.append(line([r.provider, f"failed: {r.error[:60]}"] + [""] * (len(head) - 2)))
                 continue
             ratios = ["-" if r is o else speedup(r.median_ms / o.median_ms) for o in ours]
             peak = "-" if r.peak_mib is None else f"{r.peak_mib:.{0 if r.peak_mib >= 10 else 1}f}"
-            out.append(
-                f"| {r.provider} | {r.median_ms:.3f} | {r.p20_ms:.3f}-{r.p80_ms:.3f} "
-                f"| {r.per_s:,.0f} | {r.gbps:.1f} | {r.copy_fraction:.0%} | {peak} | "
-                + " | ".join(ratios)
-                + " |"
-            )
+            cells = [r.provider, f"{r.median_ms:.3f}", f"{r.p20_ms:.3f}-{r.p80_ms:.3f}"]
+            cells += [f"{r.per_s:,.0f}", f"{r.gbps:.1f}", f"{r.copy_fraction:.0%}", peak]
+            out.append(line(cells + ratios))
     return "\n".join(out)
 
 
