@@ -60,6 +60,26 @@ def _key_operand(value, device: torch.device) -> torch.Tensor:
     return torch.scalar_tensor(_ref_augment.signed(int(value)), dtype=torch.int64)
 
 
+def _key_value(name: str, value, batch: int):
+    """An int, a one-value integer tensor (as a 0-dim one), or one value per sample."""
+    if isinstance(value, torch.Tensor):
+        per_sample = value.dim() == 1 and value.shape[0] == batch
+        if (
+            value.is_floating_point()
+            or value.is_complex()
+            or not (value.numel() == 1 or per_sample)
+        ):
+            raise ValueError(
+                f"counter_uniform: {name} must be an int or an integer tensor holding one value "
+                f"or one per sample ({batch}), got a {value.dtype} tensor of shape "
+                f"{tuple(value.shape)}"
+            )
+        return value if per_sample and batch != 1 else value.reshape(())
+    if not isinstance(value, numbers.Integral):
+        raise ValueError(f"counter_uniform: {name} must be an int, got {value!r}")
+    return value
+
+
 def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tensor:
     """``n`` uniform numbers in [0, 1) per sample, a pure function of (seed, step, id).
 
@@ -71,8 +91,9 @@ def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tenso
     tensor that the loop increments in place).
 
     Args:
-        seed (int or Tensor[]): the stream; give DDP ranks different seeds.
-        step (int or Tensor[]): the training step (or epoch); int64.
+        seed (int or Tensor[] or Tensor[B]): the stream; give DDP ranks different
+            seeds. One value per sample runs the plain-PyTorch version.
+        step (int or Tensor[] or Tensor[B]): the training step (or epoch); int64.
         sample_ids (Tensor[B], int64): the samples' global indices.
         n (int): numbers per sample.
 
@@ -80,8 +101,9 @@ def counter_uniform(seed, step, sample_ids: torch.Tensor, n: int) -> torch.Tenso
         Tensor[B, n], float64 with 24 random bits (exact on every device).
     """
     ids = sample_ids if sample_ids.dtype == torch.int64 else sample_ids.to(torch.int64)
-    single = all(not isinstance(v, torch.Tensor) or v.numel() == 1 for v in (seed, step))
-    unsupported = None if single else "a seed or step with more than one element"
+    seed, step = _key_value("seed", seed, ids.shape[0]), _key_value("step", step, ids.shape[0])
+    single = all(not isinstance(v, torch.Tensor) or v.dim() == 0 for v in (seed, step))
+    unsupported = None if single else "a seed or step with one value per sample"
     if not _ops.use_kernel("counter_uniform", ids.device, unsupported):
         return _ref_augment.counter_uniform(seed, step, ids, n)
     return torch.ops.invfast.counter_uniform(

@@ -288,7 +288,7 @@ class TestFusedSampler:
             (torch.tensor(11), 9),
             (11, torch.tensor(9, device=device)),
             (torch.tensor(11, device=device), torch.tensor(9, device=device)),
-            (torch.tensor(11.0), torch.tensor([9], device=device)),
+            (torch.tensor(11, dtype=torch.int32), torch.tensor([[9]], device=device)),
             (torch.tensor(-(2**63)), torch.tensor(2**63 - 1)),
         ]
         for seed, step in cases:
@@ -306,6 +306,24 @@ class TestFusedSampler:
         same = counter_uniform(1, 2, wide[:1].expand(6), 5)
         assert torch.equal(same, counter_uniform(1, 2, wide[:1], 5).expand(6, 5))
         assert torch.equal(counter_uniform(1, 2, wide.int(), 5), counter_uniform(1, 2, wide, 5))
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_bad_seed_or_step(self, device):
+        ids = torch.arange(4, device=device)
+        bad = [
+            ("seed", torch.tensor([1, 2]), 0),
+            ("seed", torch.zeros(0, dtype=torch.int64), 0),
+            ("step", 1, torch.tensor(2.0)),
+            ("seed", 1.5, 0),
+            ("step", 1, "3"),
+        ]
+        for name, seed, step in bad:
+            with pytest.raises(ValueError, match=f"counter_uniform: {name} must be an int"):
+                counter_uniform(seed, step, ids, 3)
+            if name == "step":
+                aug = invfast.RandomAffine(degrees=10, seed=1)
+                with pytest.raises(ValueError, match="counter_uniform: step must be an int"):
+                    aug(torch.rand(4, 1, 5, 5, device=device), step=step)
 
     @pytest.mark.parametrize("device", DEVICES)
     def test_ints_past_int64_with_a_tensor_key(self, device):
