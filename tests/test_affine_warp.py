@@ -1,6 +1,9 @@
 """The fused affine warp against its reference, kornia, grid_sample and hand-worked cases."""
 
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -302,6 +305,67 @@ class TestGradients:
         )
         cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
         torch.library.opcheck(torch.ops.invfast.affine_warp.default, (cl, *args[1:]))
+
+
+@needs_kernels
+class TestLargeOutputCache:
+    """Large CPU outputs (32 MiB and more) come from a cache of freed blocks."""
+
+    # 8 x 3 x 600 x 600 float32: 33 MB.
+    SHAPE = (8, 3, 600, 600)
+
+    def test_a_freed_output_is_reused_and_fully_rewritten(self):
+        x = torch.rand(self.SHAPE)
+        m = random_matrices(8, 600, 600, seed=4)
+        first = invfast.affine_warp(x, m)
+        expected = first.clone()
+        ptr = first.data_ptr()
+        first.fill_(float("nan"))  # what the next output will find in the block
+        del first
+        again = invfast.affine_warp(x, m)
+        assert again.data_ptr() == ptr
+        assert not again.untyped_storage().resizable()  # the cache's block
+        assert torch.equal(again, expected)
+        # A live output is never handed out twice.
+        other = invfast.affine_warp(x, m)
+        assert other.data_ptr() != again.data_ptr()
+        assert torch.equal(other, expected)
+        # The tensors behave as any other: views, copies, numpy, autograd inputs.
+        assert other.is_contiguous() and other.numpy().shape == self.SHAPE
+        y = invfast.warp_normalize(
+            torch.randint(0, 256, (8, 600, 600, 3), dtype=torch.uint8).permute(0, 3, 1, 2),
+            m,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.25, 0.25, 0.25),
+        )
+        assert y.shape == self.SHAPE and torch.isfinite(y).all()
+
+    def test_outputs_held_at_once_are_distinct(self):
+        x = torch.rand(self.SHAPE)
+        m = random_matrices(8, 600, 600, seed=5)
+        outs = [invfast.affine_warp(x, m) for _ in range(6)]
+        assert len({o.data_ptr() for o in outs}) == 6
+        assert all(torch.equal(o, outs[0]) for o in outs[1:])
+        expected = outs[0].clone()
+        del outs
+        assert torch.equal(invfast.affine_warp(x, m), expected)
+        # Small outputs are ordinary allocations.
+        assert invfast.affine_warp(x[:1, :, :50, :50], m[:1]).untyped_storage().resizable()
+
+    def test_can_be_turned_off(self):
+        code = (
+            "import torch, invfast\n"
+            "x = torch.rand(8, 3, 600, 600); m = torch.eye(2, 3).expand(8, 2, 3)\n"
+            "a = invfast.affine_warp(x, m); p = a.data_ptr(); del a\n"
+            "b = invfast.affine_warp(x, m)\n"
+            "assert torch.equal(b, x)\n"
+            "print(b.untyped_storage().resizable())\n"
+        )
+        env = {**os.environ, "INVFAST_CPU_OUTPUT_CACHE": "0"}
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        # An ordinary allocation, not a block of the cache.
+        assert run.stdout.strip() == "True"
 
 
 @needs_kernels

@@ -10,8 +10,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <mutex>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__linux__)
@@ -991,36 +995,129 @@ void affine_warp_out_cpu(const at::Tensor& images, const at::Tensor& matrices,
   run_forward(op, images, matrices, call.opt, call.fills, {}, {}, out);
 }
 
-// Maps in the pages of a fresh output before the kernel writes it. A large
-// fresh output is mostly memory the process has not touched yet (glibc maps
-// big blocks anew and unmaps them on free), and faulting it in page by page
-// from inside the kernel costs more than the faults: zeroing each new page
-// evicts the image rows the kernel is reading. MADV_POPULATE_WRITE maps a
-// range in one call per thread instead. On kernels without it (before Linux
-// 5.14) nothing happens and the pages are faulted in as before; memory that
-// is already mapped is left as it is.
-void populate_output(const at::Tensor& fresh) {
+// Blocks of 32 MiB and more: glibc maps them anew on every allocation and
+// unmaps them on free, whatever its adaptive threshold, so a fresh output of
+// that size costs a page fault and a zeroed page every 4 KiB, on this kind of
+// machine as much as the warp itself. Smaller ones are mostly reused.
+constexpr int64_t kLargeOutputBytes = int64_t(32) << 20;
+
+// Maps in the pages of a block the process has not touched yet, before the
+// kernel writes it. Faulting it in page by page from inside the kernel costs
+// more than the faults: zeroing each new page evicts the image rows the
+// kernel is reading. MADV_POPULATE_WRITE maps a range in one call per thread
+// instead. On kernels without it (before Linux 5.14) nothing happens and the
+// pages are faulted in as before.
+void populate(void* data, int64_t bytes) {
 #if defined(__linux__) && defined(MADV_POPULATE_WRITE)
-  // glibc maps blocks of 32 MiB and more anew on every allocation, whatever
-  // its adaptive threshold; smaller ones are mostly reused, already mapped.
-  constexpr int64_t kPage = 4096, kMinBytes = int64_t(32) << 20, kPerTask = int64_t(2) << 20;
-  // A fresh output is dense: its bytes start at data_ptr.
-  const int64_t bytes = fresh.numel() * static_cast<int64_t>(fresh.element_size());
-  if (bytes < kMinBytes) {
-    return;
-  }
-  const auto begin = reinterpret_cast<uintptr_t>(fresh.data_ptr());
+  constexpr int64_t kPage = 4096, kPerTask = int64_t(2) << 20;
+  const auto begin = reinterpret_cast<uintptr_t>(data);
   const uintptr_t first = (begin + kPage - 1) & ~uintptr_t(kPage - 1);
   const uintptr_t last = (begin + bytes) & ~uintptr_t(kPage - 1);
-  const int64_t pages = static_cast<int64_t>(last - first) / kPage;
+  const int64_t pages = last > first ? static_cast<int64_t>(last - first) / kPage : 0;
   at::parallel_for(0, pages, kPerTask / kPage, [&](int64_t p0, int64_t p1) {
     // A hint: where it fails, the kernel faults the pages in itself.
     (void)madvise(reinterpret_cast<void*>(first + p0 * kPage), (p1 - p0) * kPage,
                   MADV_POPULATE_WRITE);
   });
 #else
-  (void)fresh;
+  (void)data, (void)bytes;
 #endif
+}
+
+// The large output blocks that recent outputs freed, kept mapped for the next
+// call of the same size: a training loop warps a batch of the same shape on
+// every step, and each step's output dies about when the next is made.
+// NOTE: at most kBlocks blocks and kBytes in all are held, the least recently
+// freed go first; INVFAST_CPU_OUTPUT_CACHE=0 turns the cache off. The cache
+// lives for the whole process (it is never destroyed, so that a tensor freed
+// late at exit still finds it).
+class OutputCache {
+ public:
+  static OutputCache& get() {
+    static OutputCache* cache = new OutputCache();
+    return *cache;
+  }
+
+  bool enabled() const { return enabled_; }
+
+  // A block of at least `bytes`, 64-byte aligned, already mapped where it was
+  // cached; nullptr when the allocation fails.
+  void* take(int64_t bytes, int64_t& capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      // The smallest cached block that fits and wastes at most a quarter.
+      auto best = blocks_.end();
+      for (auto it = blocks_.begin(); it != blocks_.end(); ++it) {
+        if (it->second >= bytes && it->second <= bytes + bytes / 4 &&
+            (best == blocks_.end() || it->second < best->second)) {
+          best = it;
+        }
+      }
+      if (best != blocks_.end()) {
+        void* data = best->first;
+        capacity = best->second;
+        held_ -= capacity;
+        blocks_.erase(best);
+        return data;
+      }
+    }
+    capacity = (bytes + 63) / 64 * 64;
+    void* data = std::aligned_alloc(64, static_cast<size_t>(capacity));
+    if (data != nullptr) {
+      populate(data, capacity);
+    }
+    return data;
+  }
+
+  void give(void* data, int64_t capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (capacity <= kBytes) {
+        blocks_.emplace_back(data, capacity);
+        held_ += capacity;
+        data = nullptr;
+        while (blocks_.size() > kBlocks || held_ > kBytes) {
+          std::free(blocks_.front().first);
+          held_ -= blocks_.front().second;
+          blocks_.erase(blocks_.begin());
+        }
+      }
+    }
+    std::free(data);
+  }
+
+ private:
+  OutputCache() {
+    const char* flag = std::getenv("INVFAST_CPU_OUTPUT_CACHE");
+    enabled_ = flag == nullptr || std::strcmp(flag, "0") != 0;
+  }
+
+  static constexpr size_t kBlocks = 4;
+  static constexpr int64_t kBytes = int64_t(1) << 30;
+  bool enabled_;
+  std::mutex mutex_;
+  std::vector<std::pair<void*, int64_t>> blocks_;  // oldest first
+  int64_t held_ = 0;
+};
+
+// A fresh output of the sizes, strides and options of `like` (a dense tensor
+// just made for it): `like` itself below the large-block size, else a block
+// from OutputCache that goes back to it when the output dies.
+at::Tensor fresh_output(const at::Tensor& like) {
+  const int64_t bytes = like.numel() * static_cast<int64_t>(like.element_size());
+  if (bytes < kLargeOutputBytes) {
+    return like;
+  }
+  OutputCache& cache = OutputCache::get();
+  int64_t capacity = 0;
+  void* data = cache.enabled() ? cache.take(bytes, capacity) : nullptr;
+  if (data == nullptr) {
+    populate(like.data_ptr(), bytes);
+    return like;
+  }
+  return at::from_blob(
+      data, like.sizes(), like.strides(),
+      [capacity](void* p) { OutputCache::get().give(p, capacity); }, like.options());
 }
 
 at::Tensor affine_warp_cpu(const at::Tensor& images, const at::Tensor& matrices,
@@ -1032,8 +1129,7 @@ at::Tensor affine_warp_cpu(const at::Tensor& images, const at::Tensor& matrices,
   check_size(op, size);
   const auto dtype = output_dtype(op, images, out_dtype);
 
-  at::Tensor out = empty_output(images, views, size, dtype);
-  populate_output(out);
+  at::Tensor out = fresh_output(empty_output(images, views, size, dtype));
   affine_warp_out_cpu(images, matrices, mode, padding_mode, align_corners, fill, out);
   return out;
 }
@@ -1062,8 +1158,8 @@ at::Tensor warp_normalize_cpu(const at::Tensor& images, const at::Tensor& matric
                               c10::string_view padding_mode, bool align_corners,
                               c10::ArrayRef<double> fill, c10::IntArrayRef size,
                               at::ScalarType out_dtype) {
-  at::Tensor out = normalize_output("warp_normalize", images, matrices, mean, std, size, out_dtype);
-  populate_output(out);
+  at::Tensor out = fresh_output(
+      normalize_output("warp_normalize", images, matrices, mean, std, size, out_dtype));
   warp_normalize_out_cpu(images, matrices, mean, std, mode, padding_mode, align_corners, fill, out);
   return out;
 }
