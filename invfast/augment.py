@@ -256,6 +256,29 @@ class RandomAffine(nn.Module):
         u = torch.rand(rows, n, generator=generator, device=device, dtype=torch.float64)
         return u.expand(B, n)
 
+    def reference_matrices(self, uniforms: torch.Tensor, input_size) -> torch.Tensor:
+        """The matrices of :meth:`sample_matrices` from given uniforms, in plain PyTorch.
+
+        Args:
+            uniforms (Tensor[B, 14], float64): the draws of each sample.
+            input_size ((int, int)): the images' (H, W).
+        """
+        return _ref_augment.random_affine_matrices(
+            uniforms,
+            degrees=self.degrees,
+            angles=self.angles,
+            translate=self.translate,
+            scale=self.scale,
+            shear=self.shear,
+            hflip=self.hflip,
+            vflip=self.vflip,
+            p=self.p,
+            crop_scale=self.crop_scale,
+            crop_ratio=self.crop_ratio,
+            input_size=tuple(input_size),
+            size=self.size or tuple(input_size),
+        )
+
     def sample_matrices(
         self,
         images: torch.Tensor,
@@ -274,21 +297,7 @@ class RandomAffine(nn.Module):
         device = images.device
         u = self._uniforms(B, device, generator, sample_ids, step)
         if not _ops.use_kernel("random_affine_matrices", device, self._unsupported(device)):
-            return _ref_augment.random_affine_matrices(
-                u,
-                degrees=self.degrees,
-                angles=self.angles,
-                translate=self.translate,
-                scale=self.scale,
-                shear=self.shear,
-                hflip=self.hflip,
-                vflip=self.vflip,
-                p=self.p,
-                crop_scale=self.crop_scale,
-                crop_ratio=self.crop_ratio,
-                input_size=(H, W),
-                size=(Ho, Wo),
-            )
+            return self.reference_matrices(u, (H, W))
         # An absent range is passed as the one that always draws the default,
         # which gives the same bits (see csrc/augment/augment_math.h).
         zero = (0.0, 0.0)

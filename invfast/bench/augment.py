@@ -43,21 +43,7 @@ def reference_step(aug: RandomAffine, images: torch.Tensor) -> torch.Tensor:
     """The plain-PyTorch chain end to end: the reference draws the matrices too."""
     B, _, H, W = images.shape
     u = torch.rand(B, RandomAffine._DRAWS, device=images.device, dtype=torch.float64)
-    matrices = reference.random_affine_matrices(
-        u,
-        degrees=aug.degrees,
-        angles=aug.angles,
-        translate=aug.translate,
-        scale=aug.scale,
-        shear=aug.shear,
-        hflip=aug.hflip,
-        vflip=aug.vflip,
-        p=aug.p,
-        crop_scale=aug.crop_scale,
-        crop_ratio=aug.crop_ratio,
-        input_size=(H, W),
-        size=aug.size or (H, W),
-    )
+    matrices = aug.reference_matrices(u, (H, W))
     return reference.affine_warp(
         images,
         matrices,
