@@ -256,6 +256,16 @@ class RandomAffine(nn.Module):
         u = torch.rand(rows, n, generator=generator, device=device, dtype=torch.float64)
         return u.expand(B, n)
 
+    def warp_options(self) -> dict:
+        """The keyword arguments this module passes to :func:`invfast.affine_warp`."""
+        return dict(
+            mode=self.mode,
+            padding_mode=self.padding_mode,
+            align_corners=self.align_corners,
+            fill=self.fill,
+            size=self.size,
+        )
+
     def reference_matrices(self, uniforms: torch.Tensor, input_size) -> torch.Tensor:
         """The matrices of :meth:`sample_matrices` from given uniforms, in plain PyTorch.
 
@@ -349,16 +359,7 @@ class RandomAffine(nn.Module):
         matrices = self.sample_matrices(
             images, generator=generator, sample_ids=sample_ids, step=step
         )
-        views = functional.affine_warp(
-            images,
-            matrices,
-            mode=self.mode,
-            padding_mode=self.padding_mode,
-            align_corners=self.align_corners,
-            fill=self.fill,
-            size=self.size,
-            out=out,
-        )
+        views = functional.affine_warp(images, matrices, **self.warp_options(), out=out)
         return (views, matrices) if return_matrices else views
 
     def extra_repr(self) -> str:

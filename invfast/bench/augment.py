@@ -44,15 +44,7 @@ def reference_step(aug: RandomAffine, images: torch.Tensor) -> torch.Tensor:
     B, _, H, W = images.shape
     u = torch.rand(B, RandomAffine._DRAWS, device=images.device, dtype=torch.float64)
     matrices = aug.reference_matrices(u, (H, W))
-    return reference.affine_warp(
-        images,
-        matrices,
-        mode=aug.mode,
-        padding_mode=aug.padding_mode,
-        align_corners=aug.align_corners,
-        fill=aug.fill,
-        size=aug.size,
-    )
+    return reference.affine_warp(images, matrices, **aug.warp_options())
 
 
 def cases(device: str, quick: bool) -> list[Case]:
