@@ -926,12 +926,7 @@ at::Tensor backward_matrices_kernel(const at::Tensor& images, const at::Tensor& 
           gx += go * dx;
           gy += go * dy;
         }
-        acc[0] += gx * x;
-        acc[1] += gx * y;
-        acc[2] += gx;
-        acc[3] += gy * x;
-        acc[4] += gy * y;
-        acc[5] += gy;
+        add_inverse_grad(acc, x, y, gx, gy);
       }
     }
   });

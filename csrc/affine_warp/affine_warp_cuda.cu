@@ -454,12 +454,7 @@ __global__ void backward_matrices_kernel(const in_t* __restrict__ in,
         gx += go * dx;
         gy += go * dy;
       }
-      acc[0] += gx * x;
-      acc[1] += gx * y;
-      acc[2] += gx;
-      acc[3] += gy * x;
-      acc[4] += gy * y;
-      acc[5] += gy;
+      add_inverse_grad(acc, x, y, gx, gy);
     }
     for (int t = 0; t < 6; ++t) {
       red[t][threadIdx.x] = acc[t];

@@ -404,6 +404,21 @@ INVFAST_HOST_DEVICE void position_grad(const scalar_t* plane, coord_t x, coord_t
   gy = sy * ((1 - fx) * (v[1][0] - v[0][0]) + fx * (v[1][1] - v[0][1]));
 }
 
+// One output pixel's share of d loss / d (inverse matrix): its source
+// position is (x, y) = M^-1 (u, v, 1), and (gx, gy) the upstream gradient
+// times d value / d (x, y), summed over channels. acc holds the six sums in
+// the matrix's row order.
+template <typename coord_t>
+INVFAST_HOST_DEVICE void add_inverse_grad(double acc[6], coord_t x, coord_t y, double gx,
+                                          double gy) {
+  acc[0] += gx * x;
+  acc[1] += gx * y;
+  acc[2] += gx;
+  acc[3] += gy * x;
+  acc[4] += gy * y;
+  acc[5] += gy;
+}
+
 // Input position sampled by output pixel (u, v).
 template <typename coord_t>
 INVFAST_HOST_DEVICE void source_position(const InverseAffine<coord_t>& m, int64_t u, int64_t v,

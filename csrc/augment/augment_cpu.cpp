@@ -62,16 +62,7 @@ at::Tensor random_affine_matrices_cpu(const at::Tensor& uniforms, c10::ArrayRef<
   float* o = out.mutable_data_ptr<float>();
   at::parallel_for(0, B, kMatrixGrain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      double col[kDraws];
-      for (int k = 0; k < kDraws; ++k) {
-        col[k] = u[b * s0 + k * s1];
-      }
-      const double choice = r.has_angles ? angles[angle_index(col[kAngleChoice], n_angles)] : 0.0;
-      double m[6];
-      random_affine(r, col, choice, m);
-      for (int k = 0; k < 6; ++k) {
-        o[b * 6 + k] = static_cast<float>(m[k]);
-      }
+      random_affine_sample(r, u, s0, s1, b, angles.data(), n_angles, o);
     }
   });
   return out;

@@ -64,19 +64,7 @@ __global__ void random_affine_kernel(const double* __restrict__ u, int64_t s0, i
                                      float* __restrict__ out) {
   for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; b < B;
        b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    double col[kDraws];
-#pragma unroll
-    for (int k = 0; k < kDraws; ++k) {
-      col[k] = u[b * s0 + k * s1];
-    }
-    const double choice =
-        r.has_angles ? angles.value[angle_index(col[kAngleChoice], angles.n)] : 0.0;
-    double m[6];
-    random_affine(r, col, choice, m);
-#pragma unroll
-    for (int k = 0; k < 6; ++k) {
-      out[b * 6 + k] = static_cast<float>(m[k]);
-    }
+    random_affine_sample(r, u, s0, s1, b, angles.value, angles.n, out);
   }
 }
 

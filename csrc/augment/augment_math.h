@@ -181,5 +181,22 @@ INVFAST_HOST_DEVICE void random_affine(const AffineRanges& r, const double* u, d
   }
 }
 
+// Sample b's matrix, as float32, from row b of the (B, 14) uniforms u with
+// strides (s0, s1) and the list of n_angles angles to choose from.
+INVFAST_HOST_DEVICE void random_affine_sample(const AffineRanges& r, const double* u, int64_t s0,
+                                              int64_t s1, int64_t b, const double* angles,
+                                              int64_t n_angles, float* out) {
+  double col[kDraws];
+  for (int k = 0; k < kDraws; ++k) {
+    col[k] = u[b * s0 + k * s1];
+  }
+  const double choice = r.has_angles ? angles[angle_index(col[kAngleChoice], n_angles)] : 0.0;
+  double m[6];
+  random_affine(r, col, choice, m);
+  for (int k = 0; k < 6; ++k) {
+    out[b * 6 + k] = static_cast<float>(m[k]);
+  }
+}
+
 }  // namespace augment
 }  // namespace invfast
