@@ -16,12 +16,6 @@
 namespace invfast {
 namespace warp {
 
-struct Options {
-  Interp mode;
-  Padding padding;
-  bool align_corners;
-};
-
 // The CUDA kernels take per-channel fill values by value, up to this many.
 constexpr int kMaxFillChannels = 64;
 

@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "affine_warp.h"
+#include "affine_warp_gather.h"
 
 namespace invfast {
 namespace warp {
@@ -178,149 +179,9 @@ __global__ void backward_atomic_kernel(const coord_t* __restrict__ grad_out,
 }
 
 // ---------------------------------------------------------------------------
-// Deterministic (gather) image gradient.
-
-constexpr int kMaxPeriods = 8;
-constexpr int kMaxIntervals = 2 * (kMaxPeriods + 3);
-
-// Disjoint, sorted intervals of raw (unpadded) source coordinates whose
-// footprint can include pixel i of an axis of `size` pixels, within [rlo, rhi].
-// A superset is enough: every candidate is checked against its real footprint;
-// what matters is that the intervals do not overlap, so that no output pixel
-// is counted twice.
-__device__ int tap_preimage(int64_t i, int64_t size, Interp mode, Padding pad, bool ac, double rlo,
-                            double rhi, double* lo, double* hi) {
-  const double eps = 1e-3;
-  const bool cubic = mode == Interp::Bicubic;
-  const double w = cubic ? 2.0 : 0.0;
-  const double last = static_cast<double>(size - 1);
-  double a, b;  // the padded coordinates (linear) or tap indices (cubic) that reach i
-  if (cubic) {
-    a = b = static_cast<double>(i);
-  } else {
-    a = i - 1.0;
-    b = i + 1.0;
-  }
-  int n = 0;
-  const auto push = [&](double l, double h) {
-    l = fmax(l - eps, rlo);
-    h = fmin(h + eps, rhi);
-    if (l <= h && n < kMaxIntervals) {
-      lo[n] = l;
-      hi[n] = h;
-      ++n;
-    }
-  };
-  if (pad == Padding::Zeros || pad == Padding::Fill) {
-    push(a - w, b + w);
-  } else if (pad == Padding::Border) {
-    // Positions beyond an edge read the edge pixel.
-    push(i == 0 ? rlo : a - w, i == size - 1 ? rhi : b + w);
-  } else if (size == 1) {
-    push(rlo, rhi);
-  } else {
-    // Reflection: period P, mirror image m(x) of a padded interval [a, b].
-    double P, mirror_at;
-    if (ac) {
-      P = 2.0 * last;
-      mirror_at = 0.0;  // x -> -x
-      if (!cubic) {
-        a = fmax(a, 0.0);
-        b = fmin(b, last);
-      }
-    } else {
-      P = 2.0 * size;
-      mirror_at = -0.5;  // x -> -1 - x
-      if (!cubic) {
-        a = a < 0.0 ? -0.5 : a;
-        b = b > last ? size - 0.5 : b;
-      }
-    }
-    const double ma = 2 * mirror_at - b, mb = 2 * mirror_at - a;
-    const double n0 = floor((rlo - fmax(b, mb) - w) / P) - 1;
-    const double n1 = ceil((rhi - fmin(a, ma) + w) / P) + 1;
-    if (n1 - n0 > kMaxPeriods) {
-      push(rlo, rhi);  // far zoomed out: one interval over everything
-    } else {
-      for (double k = n0; k <= n1; k += 1.0) {
-        push(a + k * P - w, b + k * P + w);
-        push(ma + k * P - w, mb + k * P + w);
-      }
-    }
-  }
-  // Sort (insertion: n is small) and merge overlapping intervals.
-  for (int s = 1; s < n; ++s) {
-    const double l = lo[s], h = hi[s];
-    int t = s - 1;
-    while (t >= 0 && lo[t] > l) {
-      lo[t + 1] = lo[t];
-      hi[t + 1] = hi[t];
-      --t;
-    }
-    lo[t + 1] = l;
-    hi[t + 1] = h;
-  }
-  int m = 0;
-  for (int s = 0; s < n; ++s) {
-    if (m > 0 && lo[s] <= hi[m - 1]) {
-      hi[m - 1] = fmax(hi[m - 1], hi[s]);
-    } else {
-      lo[m] = lo[s];
-      hi[m] = hi[s];
-      ++m;
-    }
-  }
-  return m;
-}
-
-// The u range [u0, u1] of output row v where s u + r lies in [l, h] (widened by one pixel).
-__device__ __forceinline__ void solve_row(double s, double r, double l, double h, double& u0,
-                                          double& u1) {
-  if (fabs(s) < 1e-12) {
-    if (!(r >= l - 1e-6 && r <= h + 1e-6)) {
-      u0 = 1.0;
-      u1 = 0.0;
-    }
-    return;
-  }
-  double t0 = (l - r) / s, t1 = (h - r) / s;
-  if (t0 > t1) {
-    const double t = t0;
-    t0 = t1;
-    t1 = t;
-  }
-  u0 = fmax(u0, t0 - 1.0);
-  u1 = fmin(u1, t1 + 1.0);
-}
-
-template <typename coord_t>
-__device__ __forceinline__ coord_t tap_weight(coord_t x, coord_t y, int64_t xi, int64_t yi,
-                                              const Geometry& g, const Options& opt) {
-  const int64_t target = yi * g.W + xi;
-  coord_t w = 0;
-  if (opt.mode == Interp::Bicubic) {
-    const auto fp =
-        cubic_footprint(x, y, g.H, g.W, g.W, int64_t(1), opt.padding, opt.align_corners);
-    if (fp.valid) {
-      for (int j = 0; j < 4; ++j) {
-        for (int t = 0; t < 4; ++t) {
-          if (fp.oy[j] == yi * g.W && fp.ox[t] == xi) {
-            w += fp.wy[j] * fp.wx[t];
-          }
-        }
-      }
-    }
-    return w;
-  }
-  const auto fp =
-      footprint(x, y, g.H, g.W, g.W, int64_t(1), opt.mode, opt.padding, opt.align_corners);
-  for (int t = 0; t < 4; ++t) {
-    if (fp.offset[t] == target) {
-      w += fp.weight[t];
-    }
-  }
-  return w;
-}
+// Deterministic (gather) image gradient: one thread per input pixel sums over
+// the output pixels that read it (affine_warp_gather.h), a few channels at a
+// time, in an order fixed by the geometry.
 
 constexpr int kGatherChannels = 4;
 
@@ -338,74 +199,15 @@ __global__ void backward_gather_kernel(const coord_t* __restrict__ grad_out,
       const int nc = static_cast<int>(g.C - c0 < kGatherChannels ? g.C - c0 : kGatherChannels);
       coord_t acc[kGatherChannels] = {};
       for (int64_t k = 0; k < g.K; ++k) {
-        const double* m = mats + (k * g.B + b) * g.mat_rows * 3;
-        const auto inv = invert_affine<coord_t>(m, 3);
-        const auto invd = invert_affine<double>(m, 3);
-        if (!(isfinite(invd.a) && isfinite(invd.b) && isfinite(invd.c) && isfinite(invd.d) &&
-              isfinite(invd.e) && isfinite(invd.f))) {
-          continue;  // such a view reads nothing
-        }
-        // Range of raw source positions over the output image (its corners).
-        double xr[2] = {1e300, -1e300}, yr[2] = {1e300, -1e300};
-        for (int cu = 0; cu < 2; ++cu) {
-          for (int cv = 0; cv < 2; ++cv) {
-            const double u = cu ? g.Wo - 1.0 : 0.0, v = cv ? g.Ho - 1.0 : 0.0;
-            const double x = invd.a * u + invd.b * v + invd.c;
-            const double y = invd.d * u + invd.e * v + invd.f;
-            xr[0] = fmin(xr[0], x - 1.0);
-            xr[1] = fmax(xr[1], x + 1.0);
-            yr[0] = fmin(yr[0], y - 1.0);
-            yr[1] = fmax(yr[1], y + 1.0);
-          }
-        }
-        double xlo[kMaxIntervals], xhi[kMaxIntervals], ylo[kMaxIntervals], yhi[kMaxIntervals];
-        const int nx =
-            tap_preimage(xi, g.W, opt.mode, opt.padding, opt.align_corners, xr[0], xr[1], xlo, xhi);
-        const int ny =
-            tap_preimage(yi, g.H, opt.mode, opt.padding, opt.align_corners, yr[0], yr[1], ylo, yhi);
         const coord_t* go = grad_out + k * g.out_sk + b * g.out_sb + c0 * g.out_sc;
-        for (int iy = 0; iy < ny; ++iy) {
-          for (int ix = 0; ix < nx; ++ix) {
-            // Rows reached by the rectangle [xlo, xhi] x [ylo, yhi]: map its corners forward.
-            double vmin = 1e300, vmax = -1e300;
-            for (int cx = 0; cx < 2; ++cx) {
-              for (int cy = 0; cy < 2; ++cy) {
-                const double x = cx ? xhi[ix] : xlo[ix], y = cy ? yhi[iy] : ylo[iy];
-                const double v = m[3] * x + m[4] * y + m[5];
-                vmin = fmin(vmin, v);
-                vmax = fmax(vmax, v);
-              }
-            }
-            const int64_t v0 = static_cast<int64_t>(fmax(ceil(vmin) - 1.0, 0.0));
-            const int64_t v1 = static_cast<int64_t>(fmin(floor(vmax) + 1.0, g.Ho - 1.0));
-            for (int64_t v = v0; v <= v1; ++v) {
-              double u0 = 0.0, u1 = g.Wo - 1.0;
-              solve_row(invd.a, invd.b * v + invd.c, xlo[ix], xhi[ix], u0, u1);
-              solve_row(invd.d, invd.e * v + invd.f, ylo[iy], yhi[iy], u0, u1);
-              if (u0 > u1) {
-                continue;
-              }
-              const int64_t ua = static_cast<int64_t>(ceil(u0)), ub = static_cast<int64_t>(u1);
-              for (int64_t u = ua; u <= ub; ++u) {
-                coord_t x, y;
-                source_position(inv, u, v, x, y);
-                // NOTE: the intervals are disjoint, so each output pixel is
-                // accepted for at most one of them.
-                const double xd = x, yd = y;
-                if (!(xd >= xlo[ix] && xd <= xhi[ix] && yd >= ylo[iy] && yd <= yhi[iy])) {
-                  continue;
-                }
-                const coord_t w = tap_weight(x, y, xi, yi, g, opt);
-                if (w != coord_t(0)) {
-                  const coord_t* gp = go + v * g.out_sh + u * g.out_sw;
-                  for (int c = 0; c < nc; ++c) {
-                    acc[c] += w * gp[c * g.out_sc];
-                  }
-                }
-              }
-            }
+        const auto add = [&](int64_t u, int64_t v, coord_t w) {
+          const coord_t* gp = go + v * g.out_sh + u * g.out_sw;
+          for (int c = 0; c < nc; ++c) {
+            acc[c] += w * gp[c * g.out_sc];
           }
-        }
+        };
+        gather::for_each_reader<coord_t>(mats + (k * g.B + b) * g.mat_rows * 3, xi, yi, g.H, g.W,
+                                         g.Ho, g.Wo, opt, add);
       }
       for (int c = 0; c < nc; ++c) {
         grad_in[((b * g.C + c0 + c) * g.H + yi) * g.W + xi] = acc[c];

@@ -17,6 +17,12 @@ namespace warp {
 enum class Interp : int { Bilinear = 0, Nearest = 1, Bicubic = 2 };
 enum class Padding : int { Zeros = 0, Border = 1, Reflection = 2, Fill = 3 };
 
+struct Options {
+  Interp mode;
+  Padding padding;
+  bool align_corners;
+};
+
 // The inverse map, input position = (a u + b v + c, d u + e v + f).
 template <typename coord_t>
 struct InverseAffine {
