@@ -7,6 +7,8 @@
 #ifdef INVFAST_PYTHON_MODULE
 #include <Python.h>
 
+#include "losses/losses_cpu_rows.h"
+
 // Importing invfast._C loads this library, which runs the registrations below.
 extern "C" {
 PyMODINIT_FUNC PyInit__C(void) {
@@ -19,6 +21,8 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyModule_AddStringConstant(module, "version", INVFAST_VERSION);
   PyModule_AddStringConstant(module, "torch_version", INVFAST_TORCH_VERSION);
   PyModule_AddStringConstant(module, "cuda_version", INVFAST_CUDA_VERSION);
+  // The instruction set of the CPU loss kernels this process runs.
+  PyModule_AddStringConstant(module, "cpu_loss_kernels", invfast::losses::cpu::best_kernels().name);
   return module;
 }
 }

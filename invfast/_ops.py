@@ -109,8 +109,10 @@ def backend_info() -> dict:
     Returns:
         dict with ``version``, ``backend`` ("auto" or "reference"),
         ``extension_loaded``, ``extension_error``, ``built_for_torch``,
-        ``built_for_cuda``, ``running_torch``, ``cpu_kernels``, ``cuda_kernels``
-        and ``cuda_available``.
+        ``built_for_cuda``, ``running_torch``, ``cpu_kernels``, ``cuda_kernels``,
+        ``cpu_loss_kernels`` (the instruction set of the CPU loss kernels:
+        ``"avx512"``, ``"avx2"`` or ``"generic"``; ``ATEN_CPU_CAPABILITY=avx2`` or
+        ``default`` caps it, as it does ATen's) and ``cuda_available``.
     """
     from invfast import __version__
 
@@ -124,6 +126,7 @@ def backend_info() -> dict:
         "running_torch": torch.__version__,
         "cpu_kernels": has_kernel("affine_warp", "cpu"),
         "cuda_kernels": has_kernel("affine_warp", "cuda"),
+        "cpu_loss_kernels": getattr(_ext, "cpu_loss_kernels", None),
         "cuda_available": torch.cuda.is_available(),
     }
 

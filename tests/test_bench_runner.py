@@ -99,3 +99,19 @@ def test_reference_step_draws_and_warps_as_random_affine():
     torch.manual_seed(3)
     got = augment.reference_step(aug, x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_inductor_vector_width_is_pinned_to_its_own_choice():
+    config = pytest.importorskip("torch._inductor.config")
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    saved = config.cpp.simdlen
+    try:
+        config.cpp.simdlen = None
+        isa = pick_vec_isa()
+        assert runner.pin_inductor_vector_width() == (isa.bit_width() if isa else None)
+        # An explicit choice is the user's and stays.
+        config.cpp.simdlen = 256
+        assert runner.pin_inductor_vector_width() == 256
+    finally:
+        config.cpp.simdlen = saved

@@ -1,6 +1,7 @@
 """The fused consistency losses against their plain-PyTorch references."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -703,8 +704,11 @@ class TestIntegration:
         for op in OPS:
             assert _ops.has_kernel(op, "cuda"), op
 
-    def test_generic_cpu_kernels(self):
-        # ATEN_CPU_CAPABILITY=default selects the portable build of the row kernels.
+    @pytest.mark.parametrize("capability", ["default", "avx2", None])
+    def test_each_cpu_kernel_build(self, capability):
+        # Every instruction-set build of the row kernels against the reference.
+        # ATEN_CPU_CAPABILITY caps the choice as it caps ATen's own kernels:
+        # "default" selects the portable build; unset, the widest the CPU runs.
         code = (
             "import torch, invfast\n"
             "from invfast import losses as L\n"
@@ -715,9 +719,26 @@ class TestIntegration:
             "    torch.testing.assert_close(f(a, b), g(a, b), atol=1e-5, rtol=1e-4)\n"
             "torch.testing.assert_close(L.js_consistency(a, b, c), R.js_consistency(a, b, c),"
             " atol=1e-5, rtol=1e-4)\n"
+            "s, t = torch.randn(2, 7, 37, dtype=torch.float64).unbind(0)\n"
+            "s.requires_grad_()\n"
+            "assert torch.autograd.gradcheck(lambda x: L.js_consistency(x, t), (s,))\n"
+            "print(invfast.backend_info()['cpu_loss_kernels'])\n"
         )
         # The rest of the environment stays: it says which build to import
         # (PYTHONPATH) and what to preload (the sanitizer runs).
-        env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+        env = dict(os.environ)
+        env.pop("ATEN_CPU_CAPABILITY", None)
+        if capability is not None:
+            env["ATEN_CPU_CAPABILITY"] = capability
         res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
+        chosen = res.stdout.split()[-1]
+        if capability == "default":
+            assert chosen == "generic"
+        elif capability == "avx2":
+            assert chosen in ("avx2", "generic")
+        elif platform.machine() == "x86_64" and "ATEN_CPU_CAPABILITY" not in os.environ:
+            # ATen's choice on this CPU (with the variable unset); invfast's
+            # x86-64 builds carry the same instruction sets.
+            aten = torch.backends.cpu.get_cpu_capability().lower()
+            assert chosen == (aten if aten in ("avx2", "avx512") else "generic")

@@ -23,8 +23,15 @@ namespace cpu {
 const Kernels& best_kernels() {
   static const Kernels* chosen = [] {
 #ifdef INVFAST_HAVE_AVX2_KERNELS
+    // As ATen: ATEN_CPU_CAPABILITY=default or avx2 caps the instruction set.
     const char* forced = std::getenv("ATEN_CPU_CAPABILITY");
     const bool generic_only = forced != nullptr && std::strcmp(forced, "default") == 0;
+    const bool avx2_only = forced != nullptr && std::strcmp(forced, "avx2") == 0;
+    if (!generic_only && !avx2_only && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq")) {
+      return &avx512::kernels();
+    }
     if (!generic_only && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
       return &avx2::kernels();
     }

@@ -135,6 +135,40 @@ inline void store(Vec<double> v, double* p, int64_t n) {
 }
 #endif
 
+#ifdef CPU_CAPABILITY_AVX512
+// The last, partial chunk of a row in one masked instruction; masked-off
+// lanes are not read or written.
+inline Vec<float> load(const float* p, int64_t n, float fill = 0.0f) {
+  if (n == 16) {
+    return Vec<float>::loadu(p);
+  }
+  return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), static_cast<__mmask16>((1u << n) - 1), p);
+}
+
+inline void store(Vec<float> v, float* p, int64_t n) {
+  if (n == 16) {
+    v.store(p);
+  } else {
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
+  }
+}
+
+inline Vec<double> load(const double* p, int64_t n, double fill = 0.0) {
+  if (n == 8) {
+    return Vec<double>::loadu(p);
+  }
+  return _mm512_mask_loadu_pd(_mm512_set1_pd(fill), static_cast<__mmask8>((1u << n) - 1), p);
+}
+
+inline void store(Vec<double> v, double* p, int64_t n) {
+  if (n == 8) {
+    v.store(p);
+  } else {
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v);
+  }
+}
+#endif
+
 // Calls f(i, n) for the chunks [i, i + n) of [0, C), n = size() but for the
 // last. The full chunks see n as a constant, so that their loads and stores
 // need no test.
@@ -178,9 +212,12 @@ void softmax_rows(const T* const (&x)[R], int64_t C, const T (&inv_t)[R], T* con
   for (int r = 0; r < R; ++r) {
     vmax[r] = V(ninf);
   }
+  // NOTE: the plain maximum instruction, which may drop a NaN: a NaN in the
+  // row still reaches the sum through its exp() and makes the row's loss and
+  // gradient NaN, as a NaN-propagating maximum would.
   for_chunks<T>(C, [&](int64_t i, int64_t n) {
     for (int r = 0; r < R; ++r) {
-      vmax[r] = at::vec::maximum(vmax[r], load(x[r] + i, n, ninf));
+      vmax[r] = at::vec::clamp_min(load(x[r] + i, n, ninf), vmax[r]);
     }
   });
   RowSoftmax<T> shift[R];

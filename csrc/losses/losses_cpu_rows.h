@@ -78,6 +78,9 @@ const Kernels& kernels();
 namespace avx2 {
 const Kernels& kernels();
 }  // namespace avx2
+namespace avx512 {
+const Kernels& kernels();
+}  // namespace avx512
 #endif
 
 // AVX2 + FMA when the processor has them, else the generic build; setting

@@ -235,6 +235,28 @@ def run_case(case: Case, min_time: float, rounds: int = 5) -> list[Result]:
     return results
 
 
+def pin_inductor_vector_width() -> int | None:
+    """Gives torch.compile's CPU code generator, explicitly, the vector width it would pick.
+
+    NOTE: with ``cpp.simdlen`` left unset, torch 2.14.1's inductor compiled the
+    reference KL's forward and backward, on an AVX-512 machine (AMD EPYC,
+    Zen 5), into code that corrupted the heap and aborted the process; the
+    same width set explicitly (or a narrower one) ran correctly. The peer is
+    still timed at the width it would choose itself. Returns that width, or
+    None where inductor is unavailable.
+    """
+    try:
+        import torch._inductor.config as config
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+    except ImportError:
+        return None
+    if config.cpp.simdlen is None:
+        isa = pick_vec_isa()
+        if isa:
+            config.cpp.simdlen = isa.bit_width()
+    return config.cpp.simdlen
+
+
 def environment() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -253,6 +275,7 @@ def environment() -> str:
             pass
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name())
+    parts.append(f"inductor CPU simdlen {pin_inductor_vector_width()}")
     parts.append(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
     return ", ".join(parts)
 
@@ -340,6 +363,7 @@ def main(families: dict[str, Callable], argv: list[str] | None = None) -> list[R
 
 def run(families: dict[str, Callable], args: argparse.Namespace) -> list[Result]:
     torch.set_num_threads(args.threads)
+    pin_inductor_vector_width()
     print(f"command: {' '.join([os.path.basename(sys.argv[0]), *sys.argv[1:]])}")
     print(f"environment: {environment()}")
     results: list[Result] = []
