@@ -1,7 +1,7 @@
 // The CPU row kernels, written once on at::vec::Vectorized and compiled once
 // per instruction set. The including file defines INVFAST_MATH_ISA (the
 // namespace of this build) and, for a vector build, CPU_CAPABILITY; see
-// losses_cpu_generic.cpp and losses_cpu_avx2.cpp.
+// losses_cpu_generic.cpp, losses_cpu_avx2.cpp and losses_cpu_avx512.cpp.
 //
 // NOTE: a row makes three passes over at most 2 x C floats, which stay in
 // L1/L2: the maximum, then exp() stored into scratch with its sum, then the

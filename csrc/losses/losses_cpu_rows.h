@@ -1,7 +1,7 @@
 // The CPU row kernels of the consistency losses, as the launchers in
 // losses_cpu.cpp see them: plain functions on float or double rows with a
 // contiguous class dimension, compiled once per instruction set (generic, and
-// AVX2 + FMA on x86) and chosen at run time.
+// AVX2 + FMA and AVX-512 on x86) and chosen at run time.
 #pragma once
 
 #include <cstdint>
@@ -83,7 +83,8 @@ const Kernels& kernels();
 }  // namespace avx512
 #endif
 
-// AVX2 + FMA when the processor has them, else the generic build; setting
+// AVX-512 (F, BW, VL, DQ), else AVX2 + FMA, when the processor has them, else
+// the generic build; ATEN_CPU_CAPABILITY=avx2 stops at AVX2 and
 // ATEN_CPU_CAPABILITY=default selects the generic build, as it does for ATen.
 const Kernels& best_kernels();
 
