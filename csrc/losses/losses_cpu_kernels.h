@@ -203,7 +203,9 @@ inline Vec<double> fast_exp(Vec<double> v) { return v.exp(); }
 // left in e[r]. NOTE: the rows share each loop so that their exp() chains
 // overlap: with C ~ 100 a row is a dozen chunks, and one row alone leaves the
 // core waiting on the latency of every chunk's exp() and on the reductions.
-template <int R, typename T>
+// kLogSum = false leaves log_sum at 0, for callers that use the
+// probabilities alone (MSE): it saves two scalar logs per pair of rows.
+template <int R, typename T, bool kLogSum = true>
 void softmax_rows(const T* const (&x)[R], int64_t C, const T (&inv_t)[R], T* const (&e)[R],
                   RowSoftmax<T> (&out)[R]) {
   using V = Vec<T>;
@@ -237,14 +239,16 @@ void softmax_rows(const T* const (&x)[R], int64_t C, const T (&inv_t)[R], T* con
     }
   });
   for (int r = 0; r < R; ++r) {
-    out[r] = row_softmax(shift[r].max, reduce_sum(vsum[r]), inv_t[r]);
+    const T sum = reduce_sum(vsum[r]);
+    out[r] = kLogSum ? row_softmax(shift[r].max, sum, inv_t[r])
+                     : RowSoftmax<T>{shift[r].max, inv_t[r], T(0), T(1) / sum};
   }
 }
 
-template <typename T>
+template <typename T, bool kLogSum = true>
 RowSoftmax<T> softmax_row(const T* x, int64_t C, T inv_t, T* e) {
   RowSoftmax<T> out[1];
-  softmax_rows<1, T>({x}, C, {inv_t}, {e}, out);
+  softmax_rows<1, T, kLogSum>({x}, C, {inv_t}, {e}, out);
   return out[0];
 }
 
@@ -255,7 +259,7 @@ T pair_row(const PairRow<T>& r) {
   T* ea = r.scratch;
   T* eb = r.scratch + C;
   RowSoftmax<T> s[2];
-  softmax_rows<2, T>({r.a, r.b}, C, {r.inv_ta, r.inv_tb}, {ea, eb}, s);
+  softmax_rows<2, T, kind != Pair::MSE>({r.a, r.b}, C, {r.inv_ta, r.inv_tb}, {ea, eb}, s);
   const RowSoftmax<T>&sa = s[0], &sb = s[1];
   const V inv_sa(sa.inv_sum), inv_sb(sb.inv_sum);
   // NOTE: the symmetric KL is the mean of the two directions, as R-Drop uses it.
@@ -390,7 +394,8 @@ template <typename T>
 FixResult<T> fix_row(const FixRow<T>& r) {
   using V = Vec<T>;
   const int64_t C = r.C;
-  const RowSoftmax<T> sw = softmax_row(r.weak, C, r.inv_t, r.scratch);
+  // The weak row's confidence and label need no log.
+  const RowSoftmax<T> sw = softmax_row<T, false>(r.weak, C, r.inv_t, r.scratch);
   if (!confident(sw.inv_sum, r.threshold)) {
     if (r.grad != nullptr) {
       for_chunks<T>(C, [&](int64_t i, int64_t n) { store(V(T(0)), r.grad + i, n); });
