@@ -232,8 +232,12 @@ INVFAST_HOST_DEVICE void for_each_reader(const double* m, int64_t xi, int64_t yi
           v_hi = std::fmax(v_hi, v);
         }
       }
-      const int64_t v0 = static_cast<int64_t>(std::fmax(std::ceil(v_lo) - 1.0, 0.0));
-      const int64_t v1 = static_cast<int64_t>(std::fmin(std::floor(v_hi) + 1.0, Ho - 1.0));
+      // Clamped into [-1, Ho] before the conversion, which huge or NaN
+      // values would make undefined.
+      const int64_t v0 =
+          static_cast<int64_t>(std::fmin(std::fmax(std::ceil(v_lo) - 1.0, 0.0), double(Ho)));
+      const int64_t v1 =
+          static_cast<int64_t>(std::fmax(std::fmin(std::floor(v_hi) + 1.0, Ho - 1.0), -1.0));
       for (int64_t v = v0; v <= v1; ++v) {
         double u0 = 0.0, u1 = Wo - 1.0;
         solve_row(invd.a, invd.b * v + invd.c, bx0, bx1, u0, u1);

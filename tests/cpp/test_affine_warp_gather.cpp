@@ -249,3 +249,17 @@ TEST_CASE(gather_singular_view_reads_nothing) {
   for_each_reader<float>(m, 1, 1, 4, 4, 4, 4, opt, [&](int64_t, int64_t, float) { ++calls; });
   CHECK_EQ(calls, 0);
 }
+
+// Matrices at the edge of double range: the search must stay in bounds and
+// agree with the scatter (which reads nothing or little here).
+TEST_CASE(gather_extreme_scales) {
+  const Shape s{6, 7, 5, 4};
+  for (double k : {1e-200, 1e-30, 1e30, 1e200}) {
+    const double m[6] = {k, 0.0, 3.0, 0.0, k, -2.0};
+    for (Padding pad : {Padding::Zeros, Padding::Border, Padding::Reflection}) {
+      const Options opt{Interp::Bilinear, pad, false};
+      check_pixels<float>(m, s, opt, 0, s.W, 0, s.H, "scale " + std::to_string(k));
+      check_pixels<double>(m, s, opt, 0, s.W, 0, s.H, "scale " + std::to_string(k));
+    }
+  }
+}
