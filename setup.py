@@ -115,10 +115,15 @@ def extensions():
     if os.environ.get("INVFAST_SANITIZE") == "1":
         if with_cuda:
             raise RuntimeError("INVFAST_SANITIZE=1 builds the CPU kernels only: set INVFAST_CUDA=0")
-        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+        # float-cast-overflow: a float converted to an integer it does not fit
+        # (not part of GCC's "undefined" group).
+        sanitize = [
+            "-fsanitize=address,undefined,float-cast-overflow",
+            "-fno-sanitize-recover=undefined,float-cast-overflow",
+        ]
         cxx_flags = ["-O1", "-g", "-fno-omit-frame-pointer", *openmp, *sanitize]
         link_flags = [*openmp, *sanitize]
-        log("sanitizers: AddressSanitizer and UndefinedBehaviorSanitizer")
+        log("sanitizers: AddressSanitizer, UndefinedBehaviorSanitizer (float-cast-overflow too)")
     log(f"torch {torch.__version__}, C++ kernels: yes ({len(sources)} files)")
     if with_cuda:
         archs = os.environ["TORCH_CUDA_ARCH_LIST"]
