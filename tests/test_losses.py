@@ -479,6 +479,62 @@ class TestExtremes:
             assert_close(out, ref(a.float(), b.float(), **kw), 1e-3, 1e-3, name)
 
 
+class TestNonFiniteLogits:
+    """A NaN or an infinite logit makes its row NaN, as in PyTorch, wherever it sits.
+
+    float32 runs the CPU kernels' polynomial exp, float64 the library one; 3 and 17
+    classes take the lane-per-row form, 40 and 100 the row form, and in every case
+    the bad logit sits in the first vector chunk of its row.
+    """
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("classes", [3, 17, 40, 100])
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+    @pytest.mark.parametrize("op", ["kl_consistency", "symmetric_kl", "mse_consistency", "js"])
+    def test_row_with_a_bad_logit_is_nan(self, device, dtype, classes, bad, op):
+        rows = 5
+        xs = [logits((rows, classes), device, dtype, seed) for seed in (1, 2, 3)]
+        xs[0][2, 0] = bad
+        xs = [x.requires_grad_() for x in xs]
+        if op == "js":
+            loss = L.js_consistency(*xs, reduction="none")
+        elif op == "symmetric_kl":
+            loss = L.symmetric_kl(xs[0], xs[1], reduction="none")
+        else:
+            loss = getattr(L, op)(xs[0], xs[1], reduction="none", detach_teacher=False)
+        used = xs if op == "js" else xs[:2]
+        loss.sum().backward()
+        assert torch.isnan(loss[2]) and torch.isfinite(loss[[0, 1, 3, 4]]).all()
+        for x in used:
+            assert torch.isnan(x.grad[2]).all(), "every gradient of the bad row is NaN"
+            assert torch.isfinite(x.grad[[0, 1, 3, 4]]).all()
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("classes", [3, 17, 40])
+    def test_fixmatch_never_keeps_a_weak_row_without_a_softmax(self, device, classes):
+        # Even at threshold 0: the row's confidence is NaN, not 0.
+        weak = logits((4, classes), device, torch.float32, 1)
+        weak[0, 0] = float("nan")
+        weak[1] = float("-inf")
+        weak[2, 0] = float("inf")
+        strong = logits((4, classes), device, torch.float32, 2)
+        loss, kept = L.fixmatch_loss(weak, strong, threshold=0.0)
+        r_loss, r_kept = R.fixmatch_loss(weak, strong, threshold=0.0)
+        assert kept.item() == r_kept.item() == 1 / 4
+        assert_close(loss, r_loss, 1e-5, 1e-4, "fixmatch loss")
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("classes", [3, 40])
+    def test_fixmatch_strong_infinity_is_nan(self, device, classes):
+        weak = torch.zeros(1, classes, device=device)
+        weak[0, 1] = 10.0
+        strong = torch.zeros(1, classes, device=device)
+        strong[0, 0] = float("inf")
+        loss, kept = L.fixmatch_loss(weak, strong)
+        assert kept.item() == 1.0 and torch.isnan(loss)
+
+
 class TestProperties:
     @pytest.mark.parametrize("device", DEVICES)
     @pytest.mark.parametrize("seed", range(4))

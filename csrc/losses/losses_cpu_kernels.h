@@ -196,7 +196,11 @@ T reduce_max(Vec<T> v) {
 }
 
 // exp() of the bulk of the work: a polynomial accurate to a few ulp for float.
-inline Vec<float> fast_exp(Vec<float> v) { return v.exp_u20(); }
+// NOTE: exp_u20 clamps its argument first, which turns a NaN into the largest
+// argument and its result into +inf; the NaN is put back, so that a NaN or
+// an inf - inf in a row makes its sum, loss and gradient NaN, as in PyTorch.
+// It also returns 0 below about -87, where exp would be subnormal.
+inline Vec<float> fast_exp(Vec<float> v) { return Vec<float>::blendv(v.exp_u20(), v, v != v); }
 inline Vec<double> fast_exp(Vec<double> v) { return v.exp(); }
 
 // Softmax statistics of R rows, with e_c = exp((x_c - max) * inv_t) of row r
@@ -330,6 +334,131 @@ T pair_row_any(Pair kind, const PairRow<T>& r) {
   }
 }
 
+// A block of rows of a pair loss, one row per lane (see PairBlock): the same
+// arithmetic as pair_row, where every row total is a vector of per-row totals.
+template <Pair kind, typename T>
+void pair_block(const PairBlock<T>& r, T* loss) {
+  using V = Vec<T>;
+  constexpr int W = V::size();
+  const int64_t C = r.C;
+  T* const xa = r.scratch;
+  T* const xb = xa + C * W;
+  T* const ea = xb + C * W;
+  T* const eb = ea + C * W;
+  T* const ga = eb + C * W;
+  T* const gb = ga + C * W;
+  // Transposed copies, class-major: x[c * W + j] is class c of row j. Lanes
+  // past n hold zeros; their results are dropped.
+  for (int j = 0; j < W; ++j) {
+    for (int64_t c = 0; c < C; ++c) {
+      xa[c * W + j] = j < r.n ? r.a[j][c] : T(0);
+      xb[c * W + j] = j < r.n ? r.b[j][c] : T(0);
+    }
+  }
+  // See softmax_rows for the plain maximum.
+  const T ninf = -std::numeric_limits<T>::infinity();
+  V ma(ninf), mb(ninf);
+  for (int64_t c = 0; c < C; ++c) {
+    ma = at::vec::clamp_min(V::loadu(xa + c * W), ma);
+    mb = at::vec::clamp_min(V::loadu(xb + c * W), mb);
+  }
+  const V ita(r.inv_ta), itb(r.inv_tb);
+  V sa(T(0)), sb(T(0));
+  for (int64_t c = 0; c < C; ++c) {
+    const V e_a = fast_exp((V::loadu(xa + c * W) - ma) * ita);
+    const V e_b = fast_exp((V::loadu(xb + c * W) - mb) * itb);
+    e_a.store(ea + c * W);
+    e_b.store(eb + c * W);
+    sa += e_a;
+    sb += e_b;
+  }
+  const V inv_sa = V(T(1)) / sa, inv_sb = V(T(1)) / sb;
+  // MSE uses the probabilities alone.
+  const V nla = kind == Pair::MSE ? V(T(0)) : V(T(0)) - sa.log();
+  const V nlb = kind == Pair::MSE ? V(T(0)) : V(T(0)) - sb.log();
+  const T half = kind == Pair::SymmetricKL ? T(0.5) : T(1);
+  const V row_scale = V::loadu(r.grad_scale);
+  const V scale_a = row_scale * V(r.inv_ta * half), scale_b = row_scale * V(r.inv_tb * half);
+  const bool want_a = r.grad_a[0] != nullptr, want_b = r.grad_b[0] != nullptr;
+
+  V acc0(T(0)), acc1(T(0)), acc2(T(0));
+  for (int64_t c = 0; c < C; ++c) {
+    const V e_a = V::loadu(ea + c * W), e_b = V::loadu(eb + c * W);
+    const V pa = e_a * inv_sa, pb = e_b * inv_sb, diff = prob_diff(e_a, inv_sa, e_b, inv_sb);
+    const V la = mul_add(V::loadu(xa + c * W) - ma, ita, nla);
+    const V lb = mul_add(V::loadu(xb + c * W) - mb, itb, nlb);
+    if (kind == Pair::KL) {
+      acc0 += kl_term(pb, lb, la);
+      if (want_a) {
+        (kl_grad_q(diff) * scale_a).store(ga + c * W);
+      }
+    } else if (kind == Pair::SymmetricKL) {
+      acc0 += kl_term(pa, la, lb);
+      acc1 += kl_term(pb, lb, la);
+    } else {
+      acc0 += mse_term(diff);
+      acc1 += mse_moment(pa, diff);
+      acc2 += mse_moment(pb, V(T(0)) - diff);
+    }
+  }
+  const bool second_a = kind != Pair::KL && want_a;
+  if (second_a || want_b) {
+    for (int64_t c = 0; c < C; ++c) {
+      const V e_a = V::loadu(ea + c * W), e_b = V::loadu(eb + c * W);
+      const V pa = e_a * inv_sa, pb = e_b * inv_sb, diff = prob_diff(e_a, inv_sa, e_b, inv_sb);
+      const V la = mul_add(V::loadu(xa + c * W) - ma, ita, nla);
+      const V lb = mul_add(V::loadu(xb + c * W) - mb, itb, nlb);
+      if (kind == Pair::KL) {
+        (kl_grad_p(pb, lb, la, acc0) * scale_b).store(gb + c * W);
+        continue;
+      }
+      V g_a, g_b;
+      if (kind == Pair::SymmetricKL) {
+        g_a = sym_kl_grad(pa, diff, la, lb, acc0);
+        g_b = sym_kl_grad(pb, V(T(0)) - diff, lb, la, acc1);
+      } else {
+        g_a = mse_grad(pa, diff, acc1);
+        g_b = mse_grad(pb, V(T(0)) - diff, acc2);
+      }
+      if (want_a) {
+        (g_a * scale_a).store(ga + c * W);
+      }
+      if (want_b) {
+        (g_b * scale_b).store(gb + c * W);
+      }
+    }
+  }
+  // The gradients back into the rows.
+  for (int j = 0; j < r.n; ++j) {
+    for (int64_t c = 0; c < C; ++c) {
+      if (want_a) {
+        r.grad_a[j][c] = ga[c * W + j];
+      }
+      if (want_b) {
+        r.grad_b[j][c] = gb[c * W + j];
+      }
+    }
+  }
+  T s0[W], s1[W];
+  acc0.store(s0);
+  acc1.store(s1);
+  for (int j = 0; j < r.n; ++j) {
+    loss[j] = kind == Pair::SymmetricKL ? half * (s0[j] + s1[j]) : s0[j];
+  }
+}
+
+template <typename T>
+void pair_block_any(Pair kind, const PairBlock<T>& r, T* loss) {
+  switch (kind) {
+    case Pair::KL:
+      return pair_block<Pair::KL>(r, loss);
+    case Pair::SymmetricKL:
+      return pair_block<Pair::SymmetricKL>(r, loss);
+    default:
+      return pair_block<Pair::MSE>(r, loss);
+  }
+}
+
 template <typename T>
 T js_row(const JsRow<T>& r) {
   using V = Vec<T>;
@@ -425,6 +554,10 @@ const Kernels table = {
     C10_STRINGIZE(INVFAST_MATH_ISA),
     &pair_row_any<float>,
     &pair_row_any<double>,
+    static_cast<int>(Vec<float>::size()),
+    static_cast<int>(Vec<double>::size()),
+    &pair_block_any<float>,
+    &pair_block_any<double>,
     &js_row<float>,
     &js_row<double>,
     &fix_row<float>,

@@ -28,6 +28,27 @@ struct PairRow {
   T grad_scale;
 };
 
+// The most rows a block kernel takes: the lanes of the widest float vector.
+constexpr int kMaxBlockRows = 16;
+
+// Rows of a two-distribution loss with few classes, one row per vector lane:
+// the class loop runs over transposed copies of the rows, so that no sum or
+// maximum crosses lanes and a row costs about what its elements cost. n is
+// at most the kernel's `block_lanes`; the fields are those of PairRow, per row.
+template <typename T>
+struct PairBlock {
+  const T* a[kMaxBlockRows];
+  const T* b[kMaxBlockRows];
+  T* grad_a[kMaxBlockRows];  // null when that gradient is not wanted
+  T* grad_b[kMaxBlockRows];
+  T grad_scale[kMaxBlockRows];
+  int n;
+  int64_t C;
+  T inv_ta;
+  T inv_tb;
+  T* scratch;  // 6 * C * kMaxBlockRows elements
+};
+
 // One row of the K-view JS divergence; weights sum to 1.
 template <typename T>
 struct JsRow {
@@ -63,6 +84,12 @@ struct Kernels {
   const char* name;
   float (*pair_f)(Pair, const PairRow<float>&);
   double (*pair_d)(Pair, const PairRow<double>&);
+  // Rows per PairBlock (the vector's lanes), and the block kernels, which
+  // write the n rows' losses to loss[0 .. n).
+  int block_lanes_f;
+  int block_lanes_d;
+  void (*pair_block_f)(Pair, const PairBlock<float>&, float* loss);
+  void (*pair_block_d)(Pair, const PairBlock<double>&, double* loss);
   float (*js_f)(const JsRow<float>&);
   double (*js_d)(const JsRow<double>&);
   FixResult<float> (*fix_f)(const FixRow<float>&);
