@@ -535,6 +535,29 @@ class TestNonFiniteLogits:
         assert kept.item() == 1.0 and torch.isnan(loss)
 
 
+class TestMixtureUnderflow:
+    """The JS mixture where one view's probability of a class is tiny and the others' 0."""
+
+    @pytest.mark.parametrize("device", DEVICES)
+    def test_subnormal_probability_in_one_view(self, device):
+        a = torch.tensor([[0.0, -100.4, 2.0]], device=device)
+        b = torch.tensor([[0.0, float("-inf"), 0.0]], device=device)
+        fused = L.js_consistency(a, b, b)
+        assert torch.isfinite(fused)
+        assert_close(fused, R.js_consistency(a, b, b), 1e-6, 1e-4, "JS")
+
+    @pytest.mark.parametrize("device", DEVICES)
+    @pytest.mark.parametrize("dtype, w0", [(torch.float32, 1e-9), (torch.float64, 1e-17)])
+    def test_tiny_weight(self, device, dtype, w0):
+        a = torch.tensor([[0.0, -5.0]], device=device, dtype=dtype, requires_grad=True)
+        b = torch.tensor([[0.0, float("-inf")]], device=device, dtype=dtype)
+        fused = L.js_consistency(a, b, weights=[w0, 1.0])
+        ref = R.js_consistency(a.detach(), b, weights=[w0, 1.0])
+        assert_close(fused, ref, 0.0, 1e-3, "JS")
+        fused.backward()
+        assert torch.isfinite(a.grad).all()
+
+
 class TestProperties:
     @pytest.mark.parametrize("device", DEVICES)
     @pytest.mark.parametrize("seed", range(4))

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
@@ -294,6 +295,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> js_consistency_cpu(
           pg.push_back(compute_grad ? grads[k].mutable_data_ptr<scalar_t>() : nullptr);
         }
         const std::vector<acc> wk(w.begin(), w.end());
+        std::vector<acc> log_wk(K);
+        for (int64_t k = 0; k < K; ++k) {
+          log_wk[k] = static_cast<acc>(std::log(w[k]));
+        }
         acc* loss = row_loss.mutable_data_ptr<acc>();
         at::parallel_for(0, R, grain_for(K * C), [&](int64_t begin, int64_t end) {
           std::vector<acc> buf((K + 1 + (narrow_type ? 2 * K : 0)) * C);
@@ -308,6 +313,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> js_consistency_cpu(
             JsRow<acc> row{x.data(),
                            compute_grad ? g.data() : nullptr,
                            wk.data(),
+                           log_wk.data(),
                            buf.data(),
                            C,
                            K,

@@ -53,6 +53,18 @@ inline at::vec::Vectorized<double> nonzero_mul(at::vec::Vectorized<double> p,
 }
 
 template <>
+inline at::vec::Vectorized<float> at_least(at::vec::Vectorized<float> lm,
+                                           at::vec::Vectorized<float> floor) {
+  return at::vec::Vectorized<float>::blendv(lm, floor, lm < floor);
+}
+
+template <>
+inline at::vec::Vectorized<double> at_least(at::vec::Vectorized<double> lm,
+                                            at::vec::Vectorized<double> floor) {
+  return at::vec::Vectorized<double>::blendv(lm, floor, lm < floor);
+}
+
+template <>
 inline at::vec::Vectorized<float> log_mixture(at::vec::Vectorized<float> p0,
                                               at::vec::Vectorized<float> lp0,
                                               at::vec::Vectorized<float> u) {
@@ -486,11 +498,13 @@ T js_row(const JsRow<T>& r) {
     const V p0 = e0 * inv0;
     const V lp0 = log_prob(s[0], load(r.x[0] + i, n));
     V u(T(0));
+    V floor = lp0 + V(r.log_weights[0]);
     for (int64_t k = 1; k < K; ++k) {
       const V ek = load(r.scratch + k * C + i, n);
       u += V(r.weights[k]) * prob_diff(ek, V(s[k].inv_sum), e0, inv0);
+      floor = at_least(floor, log_prob(s[k], load(r.x[k] + i, n)) + V(r.log_weights[k]));
     }
-    const V lm = log_mixture(p0, lp0, u);
+    const V lm = at_least(log_mixture(p0, lp0, u), floor);
     store(lm, log_m + i, n);
     kl[0] += kl_term(p0, lp0, lm);
     for (int64_t k = 1; k < K; ++k) {

@@ -52,10 +52,11 @@ struct PairBlock {
 // One row of the K-view JS divergence; weights sum to 1.
 template <typename T>
 struct JsRow {
-  const T* const* x;  // K rows
-  T* const* grad;     // K rows, or null
-  const T* weights;   // K
-  T* scratch;         // (K + 1) * C elements
+  const T* const* x;     // K rows
+  T* const* grad;        // K rows, or null
+  const T* weights;      // K
+  const T* log_weights;  // K: log(weights[k])
+  T* scratch;            // (K + 1) * C elements
   int64_t C;
   int64_t K;
   T inv_t;

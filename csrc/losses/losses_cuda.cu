@@ -172,6 +172,7 @@ struct JsArgs {
   const scalar_t* x[kMaxViews];
   scalar_t* grad[kMaxViews];  // all null when not wanted
   acc_t<scalar_t> w[kMaxViews];
+  acc_t<scalar_t> log_w[kMaxViews];  // log(w[k])
   acc_t<scalar_t>* loss;
   int64_t R, C, K;
   acc_t<scalar_t> inv_t, scale;
@@ -193,7 +194,11 @@ __device__ __forceinline__ T js_class(const JsArgs<scalar_t>& j, const RowSoftma
       u += j.w[k] * prob_diff(e.e, s[k].inv_sum, e0, s[0].inv_sum);
     }
   }
-  return log_mixture(p[0], lp[0], u);
+  T floor = lp[0] + j.log_w[0];
+  for (int64_t k = 1; k < j.K; ++k) {
+    floor = at_least(floor, lp[k] + j.log_w[k]);
+  }
+  return at_least(log_mixture(p[0], lp[0], u), floor);
 }
 
 template <typename scalar_t>
@@ -394,6 +399,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> js_consistency_cuda(
       args.x[k] = rows[k].const_data_ptr<scalar_t>();
       args.grad[k] = compute_grad ? grads[k].mutable_data_ptr<scalar_t>() : nullptr;
       args.w[k] = static_cast<T>(w[k]);
+      args.log_w[k] = static_cast<T>(std::log(w[k]));
     }
     args.loss = row_loss.mutable_data_ptr<T>();
     args.R = R;

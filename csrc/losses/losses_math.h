@@ -70,6 +70,16 @@ INVFAST_HOST_DEVICE T log_mixture(T p0, T lp0, T u) {
   return u == T(0) ? lp0 : std::log(p0 + u);
 }
 
+// log M raised to `floor` where it is below: the largest log(w_k) + lp_k over
+// the views. Every term of M is non-negative, so log M is never less, but
+// p0 + u can round to 0 (log M = -inf, and a loss of +inf) when the views'
+// probabilities of a class differ by many orders of magnitude or a weight is
+// tiny; log(w_k) + lp_k cannot. A NaN log M stays NaN.
+template <typename T>
+INVFAST_HOST_DEVICE T at_least(T lm, T floor) {
+  return lm < floor ? floor : lm;
+}
+
 // a * b + c rounded once. NOTE: log-probabilities are formed with it, so
 // that two rows with equal logits get equal log-probabilities wherever they
 // are computed; left to itself the compiler may contract a * b + c into an
