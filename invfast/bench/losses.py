@@ -8,7 +8,7 @@ from .. import losses
 from ..reference import losses as ref
 from .runner import Case, Provider
 
-SHAPES = [(256, 1000), (4096, 100), (64, 32000)]
+SHAPES = [(256, 1000), (4096, 100), (64, 32000), (16384, 10)]
 QUICK_SHAPES = [(64, 10)]
 
 # name -> (number of inputs, which need grad, call(lib, *inputs) -> scalar loss)
