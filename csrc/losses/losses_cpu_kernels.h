@@ -289,18 +289,9 @@ T pair_row(const PairRow<T>& r) {
     const V e_a = load(ea + i, n), e_b = load(eb + i, n);
     const V pa = e_a * inv_sa, pb = e_b * inv_sb, diff = prob_diff(e_a, inv_sa, e_b, inv_sb);
     const V la = log_prob(sa, xa), lb = log_prob(sb, xb);
-    if (kind == Pair::KL) {
-      acc0 += kl_term(pb, lb, la);
-      if (r.grad_a != nullptr) {
-        store(kl_grad_q(diff) * scale_a, r.grad_a + i, n);
-      }
-    } else if (kind == Pair::SymmetricKL) {
-      acc0 += kl_term(pa, la, lb);
-      acc1 += kl_term(pb, lb, la);
-    } else {
-      acc0 += mse_term(diff);
-      acc1 += mse_moment(pa, diff);
-      acc2 += mse_moment(pb, V(T(0)) - diff);
+    add_pair_terms<kind>(pa, pb, diff, la, lb, acc0, acc1, acc2);
+    if (kind == Pair::KL && r.grad_a != nullptr) {
+      store(kl_grad_q(diff) * scale_a, r.grad_a + i, n);
     }
   });
   const T s0 = reduce_sum(acc0), s1 = reduce_sum(acc1), s2 = reduce_sum(acc2);
@@ -311,19 +302,9 @@ T pair_row(const PairRow<T>& r) {
       const V e_a = load(ea + i, n), e_b = load(eb + i, n);
       const V pa = e_a * inv_sa, pb = e_b * inv_sb, diff = prob_diff(e_a, inv_sa, e_b, inv_sb);
       const V la = log_prob(sa, xa), lb = log_prob(sb, xb);
-      if (kind == Pair::KL) {
-        store(kl_grad_p(pb, lb, la, V(s0)) * scale_b, r.grad_b + i, n);
-        return;
-      }
       V ga, gb;
-      if (kind == Pair::SymmetricKL) {
-        ga = sym_kl_grad(pa, diff, la, lb, V(s0));
-        gb = sym_kl_grad(pb, V(T(0)) - diff, lb, la, V(s1));
-      } else {
-        ga = mse_grad(pa, diff, V(s1));
-        gb = mse_grad(pb, V(T(0)) - diff, V(s2));
-      }
-      if (r.grad_a != nullptr) {
+      pair_grads<kind>(pa, pb, diff, la, lb, V(s0), V(s1), V(s2), ga, gb);
+      if (kind != Pair::KL && r.grad_a != nullptr) {
         store(ga * scale_a, r.grad_a + i, n);
       }
       if (r.grad_b != nullptr) {
@@ -399,18 +380,9 @@ void pair_block(const PairBlock<T>& r, T* loss) {
     const V pa = e_a * inv_sa, pb = e_b * inv_sb, diff = prob_diff(e_a, inv_sa, e_b, inv_sb);
     const V la = mul_add(V::loadu(xa + c * W) - ma, ita, nla);
     const V lb = mul_add(V::loadu(xb + c * W) - mb, itb, nlb);
-    if (kind == Pair::KL) {
-      acc0 += kl_term(pb, lb, la);
-      if (want_a) {
-        (kl_grad_q(diff) * scale_a).store(ga + c * W);
-      }
-    } else if (kind == Pair::SymmetricKL) {
-      acc0 += kl_term(pa, la, lb);
-      acc1 += kl_term(pb, lb, la);
-    } else {
-      acc0 += mse_term(diff);
-      acc1 += mse_moment(pa, diff);
-      acc2 += mse_moment(pb, V(T(0)) - diff);
+    add_pair_terms<kind>(pa, pb, diff, la, lb, acc0, acc1, acc2);
+    if (kind == Pair::KL && want_a) {
+      (kl_grad_q(diff) * scale_a).store(ga + c * W);
     }
   }
   const bool second_a = kind != Pair::KL && want_a;
@@ -420,19 +392,9 @@ void pair_block(const PairBlock<T>& r, T* loss) {
       const V pa = e_a * inv_sa, pb = e_b * inv_sb, diff = prob_diff(e_a, inv_sa, e_b, inv_sb);
       const V la = mul_add(V::loadu(xa + c * W) - ma, ita, nla);
       const V lb = mul_add(V::loadu(xb + c * W) - mb, itb, nlb);
-      if (kind == Pair::KL) {
-        (kl_grad_p(pb, lb, la, acc0) * scale_b).store(gb + c * W);
-        continue;
-      }
       V g_a, g_b;
-      if (kind == Pair::SymmetricKL) {
-        g_a = sym_kl_grad(pa, diff, la, lb, acc0);
-        g_b = sym_kl_grad(pb, V(T(0)) - diff, lb, la, acc1);
-      } else {
-        g_a = mse_grad(pa, diff, acc1);
-        g_b = mse_grad(pb, V(T(0)) - diff, acc2);
-      }
-      if (want_a) {
+      pair_grads<kind>(pa, pb, diff, la, lb, acc0, acc1, acc2, g_a, g_b);
+      if (kind != Pair::KL && want_a) {
         (g_a * scale_a).store(ga + c * W);
       }
       if (want_b) {

@@ -130,16 +130,9 @@ __global__ void pair_kernel(PairArgs<scalar_t> p) {
       const Exp<T> ea = exp_prob(sa, xa), eb = exp_prob(sb, xb);
       const T pa = ea.p, pb = eb.p, diff = prob_diff(ea.e, sa.inv_sum, eb.e, sb.inv_sum);
       const T la = log_prob(sa, xa), lb = log_prob(sb, xb);
-      if (kind == Pair::KL) {
-        acc0 += kl_term(pb, lb, la);
-        if (ga != nullptr) ga[c] = static_cast<scalar_t>(kl_grad_q(diff) * scale_a);
-      } else if (kind == Pair::SymmetricKL) {
-        acc0 += kl_term(pa, la, lb);
-        acc1 += kl_term(pb, lb, la);
-      } else {
-        acc0 += mse_term(diff);
-        acc1 += mse_moment(pa, diff);
-        acc2 += mse_moment(pb, -diff);
+      add_pair_terms<kind>(pa, pb, diff, la, lb, acc0, acc1, acc2);
+      if (kind == Pair::KL && ga != nullptr) {
+        ga[c] = static_cast<scalar_t>(kl_grad_q(diff) * scale_a);
       }
     }
     const T s0 = warp_sum(acc0), s1 = warp_sum(acc1), s2 = warp_sum(acc2);
@@ -149,15 +142,9 @@ __global__ void pair_kernel(PairArgs<scalar_t> p) {
         const Exp<T> ea = exp_prob(sa, xa), eb = exp_prob(sb, xb);
         const T pa = ea.p, pb = eb.p, diff = prob_diff(ea.e, sa.inv_sum, eb.e, sb.inv_sum);
         const T la = log_prob(sa, xa), lb = log_prob(sb, xb);
-        if (kind == Pair::KL) {
-          gb[c] = static_cast<scalar_t>(kl_grad_p(pb, lb, la, s0) * scale_b);
-          continue;
-        }
-        const T da =
-            kind == Pair::SymmetricKL ? sym_kl_grad(pa, diff, la, lb, s0) : mse_grad(pa, diff, s1);
-        const T db = kind == Pair::SymmetricKL ? sym_kl_grad(pb, -diff, lb, la, s1)
-                                               : mse_grad(pb, -diff, s2);
-        if (ga != nullptr) ga[c] = static_cast<scalar_t>(da * scale_a);
+        T da, db;
+        pair_grads<kind>(pa, pb, diff, la, lb, s0, s1, s2, da, db);
+        if (kind != Pair::KL && ga != nullptr) ga[c] = static_cast<scalar_t>(da * scale_a);
         if (gb != nullptr) gb[c] = static_cast<scalar_t>(db * scale_b);
       }
     }

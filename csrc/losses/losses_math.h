@@ -147,6 +147,42 @@ INVFAST_HOST_DEVICE T mse_grad(T p, T p_minus_q, T moment) {
   return T(2) * p * (p_minus_q - moment);
 }
 
+// One class's share of the row sums of a pair loss, for probabilities pa, pb
+// (diff = pa - pb) and log-probabilities la, lb: KL(p_b || p_a) in s0; for
+// the symmetric KL the two directions in s0 and s1; for MSE the squared
+// difference and the two moments in s0, s1, s2. T may be a vector type.
+template <Pair kind, typename T>
+INVFAST_HOST_DEVICE void add_pair_terms(T pa, T pb, T diff, T la, T lb, T& s0, T& s1, T& s2) {
+  if (kind == Pair::KL) {
+    s0 += kl_term(pb, lb, la);
+  } else if (kind == Pair::SymmetricKL) {
+    s0 += kl_term(pa, la, lb);
+    s1 += kl_term(pb, lb, la);
+  } else {
+    s0 += mse_term(diff);
+    s1 += mse_moment(pa, diff);
+    s2 += mse_moment(pb, T(0) - diff);
+  }
+}
+
+// One class's gradients with respect to the two rows' scaled logits, from the
+// row sums of add_pair_terms; the rows' scales are the caller's. (For KL the
+// first needs no sum: the kernels write it in the loss pass.)
+template <Pair kind, typename T>
+INVFAST_HOST_DEVICE void pair_grads(T pa, T pb, T diff, T la, T lb, T s0, T s1, T s2, T& ga,
+                                    T& gb) {
+  if (kind == Pair::KL) {
+    ga = kl_grad_q(diff);
+    gb = kl_grad_p(pb, lb, la, s0);
+  } else if (kind == Pair::SymmetricKL) {
+    ga = sym_kl_grad(pa, diff, la, lb, s0);
+    gb = sym_kl_grad(pb, T(0) - diff, lb, la, s1);
+  } else {
+    ga = mse_grad(pa, diff, s1);
+    gb = mse_grad(pb, T(0) - diff, s2);
+  }
+}
+
 // Online softmax statistics of a row of raw logits x at temperature 1 / inv_t:
 // the running maximum m of x and sum_j exp((x_j - m) * inv_t).
 // NOTE: -inf logits add nothing; a row with no finite logit keeps
