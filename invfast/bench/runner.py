@@ -275,7 +275,12 @@ def environment() -> str:
             pass
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name())
-    parts.append(f"inductor CPU simdlen {pin_inductor_vector_width()}")
+    try:
+        import torch._inductor.config as inductor_config
+
+        parts.append(f"inductor CPU simdlen {inductor_config.cpp.simdlen}")
+    except ImportError:
+        pass
     parts.append(f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}")
     return ", ".join(parts)
 
